@@ -1,0 +1,48 @@
+"""Hone: serve the API and the Gradio UI on one FastAPI app.
+
+python app.py        # ASSISTANT_HOST:ASSISTANT_PORT, default 127.0.0.1:7860
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI
+
+from assistant.api import build_api
+from assistant.auth import authenticate
+from assistant.config import Settings, get_settings
+from assistant.engine import Engine
+from assistant.services import Hone, build
+from assistant.ui import build_ui
+from assistant.web import BodyLimit, install_error_handlers, install_login
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    hone: Hone = build(settings or get_settings(), engine=engine)
+    app = FastAPI(title="Hone", version="0.1.0", description="Self-hosted domain assistant that learns from feedback.")
+    app.state.hone = hone
+    install_error_handlers(app)
+    install_login(app, hone)
+    app.include_router(build_api(hone))
+    app.add_middleware(BodyLimit, max_bytes=hone.settings.max_body_bytes)
+
+    def ui_user(request) -> str | None:
+        user = authenticate(hone.database, hone.sessions, request.headers, request.cookies)
+        return user.name if user else None
+
+    return gr.mount_gradio_app(app, build_ui(hone), path="/", auth_dependency=ui_user)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    app = create_app(settings)
+    print(f"[hone] serving on http://{settings.host}:{settings.port}  (sign in at /login)", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Hone's admin command line.
+
+    python -m assistant users add NAME --role staff|reviewer|admin [--json]
+    python -m assistant users list [--json]
+    python -m assistant users set-role NAME ROLE
+    python -m assistant users disable NAME
+    python -m assistant users enable NAME
+    python -m assistant prepare-model        # convert the bundled model once (setup does this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from assistant import auth
+from assistant.config import get_settings
+from assistant.errors import HoneError
+from assistant.model_files import ModelFileError, resolve_base_model
+from assistant.store import Database, users
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m assistant", description="Hone administration")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    users_parser = commands.add_parser("users", help="manage users")
+    user_commands = users_parser.add_subparsers(dest="action", required=True)
+    add = user_commands.add_parser("add", help="create a user; prints a password and an API key")
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=list(auth.ROLE_RANK))
+    add.add_argument("--password", help="set this password instead of generating one")
+    add.add_argument("--json", action="store_true")
+    listing = user_commands.add_parser("list", help="list users")
+    listing.add_argument("--json", action="store_true")
+    set_role = user_commands.add_parser("set-role", help="change a user's role")
+    set_role.add_argument("name")
+    set_role.add_argument("role", choices=list(auth.ROLE_RANK))
+    for action in ("disable", "enable"):
+        p = user_commands.add_parser(action, help=f"{action} a user (disable also revokes their API keys)")
+        p.add_argument("name")
+
+    commands.add_parser("prepare-model", help="resolve the base model (converts the bundled GGUF once)")
+    return parser
+
+
+def run_users(args: argparse.Namespace, database: Database) -> None:
+    if args.action == "add":
+        created = auth.create_user(database, args.name, args.role, password=args.password)
+        shown = {k: created[k] for k in ("name", "role", "password", "api_key")}
+        if args.json:
+            print(json.dumps(shown))
+        else:
+            print(f"created {shown['name']} ({shown['role']})")
+            print(f"  password: {shown['password']}")
+            print(f"  API key:  {shown['api_key']}")
+            print("  (both are shown once)")
+    elif args.action == "list":
+        rows = users.list_all(database)
+        if args.json:
+            print(json.dumps(rows))
+        else:
+            for r in rows:
+                state = "disabled" if r["disabled"] else "active"
+                print(f"{r['name']:<24} {r['role']:<9} {state:<9} {r['created_at']}")
+    elif args.action == "set-role":
+        auth.set_role(database, args.name, args.role)
+        print(f"{args.name} is now {args.role}")
+    else:
+        auth.set_disabled(database, args.name, args.action == "disable")
+        print(f"{args.name} {args.action}d")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    settings = get_settings()
+    try:
+        if args.command == "prepare-model":
+            print(resolve_base_model(settings))
+        else:
+            run_users(args, Database(settings.db))
+    except (HoneError, ModelFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""HTTP API (OpenAI-shaped chat plus Hone's own routes). Thin: validate, call the core, return JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
+from assistant.auth import User, authenticate, require_role
+from assistant.chat import Turn
+from assistant.errors import InvalidRequest
+from assistant.services import Hone
+from assistant.store import conversations, versions
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list[dict[str, Any]]
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI Chat Completions request; unknown OpenAI fields are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field("current", description="'current' (A/B applies), 'candidate' or a version id")
+    messages: list[ChatMessageIn]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int = 1
+    conversation_id: int | None = Field(None, description="Hone: continue a stored conversation")
+
+
+class StopResult(BaseModel):
+    stopped: bool
+
+
+def caller(request: Request) -> User | None:
+    hone: Hone = request.app.state.hone
+    return authenticate(hone.database, hone.sessions, request.headers, request.cookies)
+
+
+def staff_user(request: Request) -> User:
+    return require_role(caller(request), "staff")
+
+
+def reviewer_user(request: Request) -> User:
+    return require_role(caller(request), "reviewer")
+
+
+def admin_user(request: Request) -> User:
+    return require_role(caller(request), "admin")
+
+
+Staff = Annotated[User, Depends(staff_user)]
+Reviewer = Annotated[User, Depends(reviewer_user)]
+Admin = Annotated[User, Depends(admin_user)]
+
+
+def build_api(hone: Hone) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health", tags=["meta"])
+    def health() -> dict:
+        return {
+            "status": "ok",
+            "current_version": versions.current(hone.database)["id"],
+            "queued": hone.engine.pending(),
+        }
+
+    @router.get("/v1/models", tags=["chat"])
+    def list_models(user: Staff) -> dict:
+        rows = versions.list_all(hone.database)
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": r["id"],
+                    "object": "model",
+                    "created": _epoch(r["created_at"]),
+                    "owned_by": "hone",
+                    "status": r["status"],
+                }
+                for r in rows
+            ],
+        }
+
+    @router.post("/v1/chat/completions", tags=["chat"], response_model=None)
+    async def chat_completions(body: ChatCompletionRequest, user: Staff):
+        if body.n != 1:
+            raise InvalidRequest("Only n=1 is supported.")
+        turn = await run_in_threadpool(
+            hone.chat.start,
+            user,
+            [m.model_dump() for m in body.messages],
+            model=body.model,
+            conversation_id=body.conversation_id,
+            max_tokens=body.max_completion_tokens if body.max_tokens is None else body.max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+        )
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(
+                _sse(turn, usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        await run_in_threadpool(turn.generation.wait)
+        g = turn.generation
+        if g.finish_reason == "error":
+            return _error_response(turn)
+        return {
+            **_envelope(turn, "chat.completion"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": g.full_text},
+                    "finish_reason": _finish_reason(turn),
+                }
+            ],
+            "usage": _usage(turn),
+        }
+
+    @router.post("/v1/chat/completions/{message_id}/stop", tags=["chat"])
+    def stop(message_id: int, user: Staff) -> StopResult:
+        return StopResult(stopped=hone.chat.stop(user, message_id=message_id))
+
+    @router.get("/v1/conversations", tags=["chat"])
+    def my_conversations(user: Staff) -> dict:
+        return {"data": conversations.list_for_user(hone.database, user.id)}
+
+    @router.get("/v1/conversations/{conversation_id}", tags=["chat"])
+    def conversation(conversation_id: int, user: Staff) -> dict:
+        row = hone.chat.own_conversation(user, conversation_id)
+        return {**row, "messages": conversations.messages(hone.database, conversation_id)}
+
+    return router
+
+
+def _epoch(iso: str | None) -> int:
+    return int(datetime.fromisoformat(iso).timestamp()) if iso else 0
+
+
+def _envelope(turn: Turn, kind: Literal["chat.completion", "chat.completion.chunk"]) -> dict:
+    return {
+        "id": str(turn.message_id),
+        "object": kind,
+        "created": int(time.time()),
+        "model": turn.version,
+        "conversation_id": turn.conversation_id,
+        "message_id": turn.message_id,
+    }
+
+
+def _finish_reason(turn: Turn) -> str:
+    return "length" if turn.generation.finish_reason == "length" else "stop"
+
+
+def _usage(turn: Turn) -> dict:
+    g = turn.generation
+    return {
+        "prompt_tokens": g.prompt_tokens,
+        "completion_tokens": g.completion_tokens,
+        "total_tokens": g.prompt_tokens + g.completion_tokens,
+    }
+
+
+def _error_response(turn: Turn) -> JSONResponse:
+    message = f"Generation failed: {turn.generation.error or 'unknown error'}"
+    return JSONResponse({"error": {"message": message, "type": "server_error"}}, status_code=503)
+
+
+async def _sse(turn: Turn, include_usage: bool) -> AsyncIterator[str]:
+    def event(payload: dict) -> str:
+        return f"data: {json.dumps(payload)}\n\n"
+
+    def chunk(delta: dict, finish: str | None = None) -> dict:
+        return {
+            **_envelope(turn, "chat.completion.chunk"),
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+
+    try:
+        yield event(chunk({"role": "assistant", "content": ""}))
+        async for text in iterate_in_threadpool(turn.chunks()):
+            yield event(chunk({"content": text}))
+        if turn.generation.finish_reason == "error":
+            yield event({"error": {"message": f"Generation failed: {turn.generation.error}", "type": "server_error"}})
+            return
+        yield event(chunk({}, _finish_reason(turn)))
+        if include_usage:
+            yield event({**_envelope(turn, "chat.completion.chunk"), "choices": [], "usage": _usage(turn)})
+        yield "data: [DONE]\n\n"
+    finally:
+        if not turn.generation.done.is_set():  # the client went away: stop generating for nobody
+            turn.cancel()

@@ -1,0 +1,236 @@
+"""Chat turns: validate a request, pick the version, store the turn, stream the answer, store the result.
+
+Both the HTTP API and the Gradio UI call `ChatService`; neither talks to the engine or the DB directly.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from assistant.auth import User
+from assistant.config import Settings
+from assistant.engine import BASE_VERSION, Engine, Generation, SamplingParams
+from assistant.errors import Forbidden, InvalidRequest, NotFound
+from assistant.routing import choose_version
+from assistant.store import Database, conversations
+
+MESSAGE_ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class Turn:
+    """A started answer: ids are known (and stored) before the first token."""
+
+    conversation_id: int
+    message_id: int
+    version: str
+    generation: Generation
+
+    def chunks(self):
+        return self.generation.chunks()
+
+    def cancel(self) -> None:
+        self.generation.cancel()
+
+
+def normalise_content(content: object) -> str:
+    """Plain text from a message's content: a string, or a list of OpenAI / Gradio text parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif isinstance(part, str):
+                texts.append(part)
+            else:
+                raise InvalidRequest("Only text content is supported (parts of type 'text').")
+        return "".join(texts)
+    raise InvalidRequest("Message content must be a string or a list of text parts.")
+
+
+class ChatService:
+    def __init__(self, database: Database, engine: Engine, settings: Settings) -> None:
+        self.database = database
+        self.engine = engine
+        self.settings = settings
+        self._active: dict[int, Turn] = {}  # answer id -> running turn, for Stop
+        self._lock = threading.Lock()
+
+    # ---- validation -----------------------------------------------------------------------------
+    def clean_messages(self, messages: object) -> list[dict]:
+        if not isinstance(messages, list) or not messages:
+            raise InvalidRequest("'messages' must be a non-empty list.")
+        if len(messages) > self.settings.max_messages:
+            raise InvalidRequest(f"Too many messages: at most {self.settings.max_messages} per request.")
+        cleaned = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict):
+                raise InvalidRequest(f"messages[{i}] must be an object with 'role' and 'content'.")
+            role = m.get("role")
+            if role not in MESSAGE_ROLES:
+                raise InvalidRequest(f"messages[{i}].role must be one of {', '.join(MESSAGE_ROLES)}.")
+            content = normalise_content(m.get("content"))
+            if not content.strip():
+                raise InvalidRequest(f"messages[{i}] is empty.")
+            if len(content) > self.settings.max_message_chars:
+                raise InvalidRequest(
+                    f"messages[{i}] is {len(content)} characters; the limit is {self.settings.max_message_chars}."
+                )
+            if "\x00" in content:
+                raise InvalidRequest(f"messages[{i}] contains a NUL character.")
+            cleaned.append({"role": role, "content": content})
+        if cleaned[-1]["role"] != "user":
+            raise InvalidRequest("The last message must come from the user.")
+        return cleaned
+
+    def sampling(self, max_tokens: object, temperature: object, top_p: object = None) -> SamplingParams:
+        limit = self.settings.max_tokens_limit
+        if max_tokens is None:
+            max_tokens = min(self.settings.default_max_tokens, limit)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= limit:
+            raise InvalidRequest(f"max_tokens must be an integer from 1 to {limit}.")
+        if temperature is None:
+            temperature = self.settings.default_temperature
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
+            raise InvalidRequest("temperature must be a number from 0 to 2.")
+        if top_p is None:
+            top_p = 1.0
+        if isinstance(top_p, bool) or not isinstance(top_p, int | float) or not 0 < top_p <= 1:
+            raise InvalidRequest("top_p must be a number above 0 and at most 1.")
+        return SamplingParams(max_new_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p))
+
+    def own_conversation(self, user: User, conversation_id: object) -> dict:
+        if isinstance(conversation_id, bool) or not isinstance(conversation_id, int):
+            raise InvalidRequest("conversation_id must be an integer.")
+        row = conversations.get(self.database, conversation_id)
+        if row is None or row["user_id"] != user.id:
+            raise NotFound(f"No conversation {conversation_id} of yours.")
+        return row
+
+    # ---- turns ----------------------------------------------------------------------------------
+    def start(
+        self,
+        user: User,
+        messages: object,
+        *,
+        model: str = "current",
+        conversation_id: int | None = None,
+        max_tokens: object = None,
+        temperature: object = None,
+        top_p: object = None,
+    ) -> Turn:
+        """Validate everything first, so bad input writes nothing; then store the turn and queue it.
+
+        Without `conversation_id` the messages are the whole context of a new conversation; with it they
+        are appended to the stored conversation, whose history the model sees.
+        """
+        new_messages = self.clean_messages(messages)
+        params = self.sampling(max_tokens, temperature, top_p)
+        conversation = None if conversation_id is None else self.own_conversation(user, conversation_id)
+        if not isinstance(model, str) or not model:
+            raise InvalidRequest("'model' must be a non-empty string.")
+        version = choose_version(self.database, model, conversation)
+        history = [] if conversation is None else self._history(conversation["id"])
+        return self._launch(user, conversation_id, history, new_messages, version, params)
+
+    def retry(self, user: User, conversation_id: int, *, max_tokens: object = None, temperature: object = None) -> Turn:
+        """Answer the conversation's last user message again; the new answer replaces the last one."""
+        conversation = self.own_conversation(user, conversation_id)
+        history = self._history(conversation_id)
+        replaces = None
+        if history and history[-1]["role"] == "assistant":
+            replaces = history.pop()["id"]
+        if not history or history[-1]["role"] != "user":
+            raise InvalidRequest("There is no question to answer again.")
+        params = self.sampling(max_tokens, temperature)
+        version = choose_version(self.database, "current", conversation)
+        return self._launch(user, conversation_id, history, [], version, params, replaces=replaces)
+
+    def _history(self, conversation_id: int) -> list[dict]:
+        return conversations.context(self.database, conversation_id)
+
+    def _launch(self, user, conversation_id, history, new_messages, version_row, params, replaces=None) -> Turn:
+        version = version_row["id"]
+        self._ensure_loaded(version_row)
+        context = [{"role": m["role"], "content": m["content"]} for m in history + new_messages]
+        if not any(m["role"] == "system" for m in context):
+            context.insert(0, {"role": "system", "content": self.settings.system_prompt})
+        budget = self.settings.max_context_tokens - params.max_new_tokens
+        input_ids = self.engine.encode_chat(context, max(budget, 16))
+        conversation_id, message_id = conversations.start_turn(
+            self.database,
+            user_id=user.id,
+            conversation_id=conversation_id,
+            new_messages=new_messages,
+            version=version,
+            temperature=params.temperature,
+            replaces=replaces,
+        )
+        try:
+            generation = self.engine.submit(
+                input_ids, version, params, on_finish=lambda g: self._store_answer(message_id, g)
+            )
+        except Exception as exc:
+            self._store_failure(message_id, str(exc))
+            raise
+        turn = Turn(conversation_id=conversation_id, message_id=message_id, version=version, generation=generation)
+        with self._lock:
+            self._active[message_id] = turn
+        return turn
+
+    def _ensure_loaded(self, version_row: dict) -> None:
+        version = version_row["id"]
+        if version == BASE_VERSION or version in self.engine.adapters:
+            return
+        if not version_row.get("adapter_path"):
+            raise NotFound(f"Version {version!r} has no adapter to load.")
+        self.engine.load_adapter(version, version_row["adapter_path"])
+
+    def _store_answer(self, message_id: int, g: Generation) -> None:
+        with self._lock:
+            self._active.pop(message_id, None)
+        status = {"cancelled": "stopped", "error": "error"}.get(g.finish_reason or "", "complete")
+        conversations.finish_answer(
+            self.database,
+            message_id,
+            content=g.full_text,
+            status=status,
+            finish_reason=g.finish_reason or "error",
+            prompt_tokens=g.prompt_tokens,
+            completion_tokens=g.completion_tokens,
+            latency_ms=round(g.latency_ms, 1),
+            first_token_ms=None if g.first_token_ms is None else round(g.first_token_ms, 1),
+        )
+
+    def _store_failure(self, message_id: int, reason: str) -> None:
+        conversations.finish_answer(
+            self.database,
+            message_id,
+            content="",
+            status="error",
+            finish_reason="error",
+            prompt_tokens=0,
+            completion_tokens=0,
+            latency_ms=0.0,
+            first_token_ms=None,
+        )
+
+    def stop(self, user: User, message_id: int | None = None, conversation_id: int | None = None) -> bool:
+        """Stop the user's running answer (by answer id or conversation); True if one was running."""
+        with self._lock:
+            turns = [
+                t
+                for t in self._active.values()
+                if t.message_id == message_id or (conversation_id is not None and t.conversation_id == conversation_id)
+            ]
+        stopped = False
+        for turn in turns:
+            owner = conversations.get(self.database, turn.conversation_id)
+            if owner is None or owner["user_id"] != user.id:
+                raise Forbidden("That answer is not yours to stop.")
+            turn.cancel()
+            stopped = True
+        return stopped

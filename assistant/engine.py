@@ -1,0 +1,262 @@
+"""In-process serving engine: a base causal LM plus any number of LoRA adapters, one version per request.
+
+Requests wait in a queue and a single worker thread generates them one at a time, so answers never
+interleave and the server's event loop never runs model code. Each request streams text through its own
+queue and can be stopped by a stopping criterion that watches its cancel flag.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+from assistant.errors import InvalidRequest, NotFound, RateLimited
+
+log = logging.getLogger(__name__)
+
+BASE_VERSION = "base"
+_PEFT_BASE = "__base__"  # PEFT's name for "no adapter" in mixed-adapter batches
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+
+
+@dataclass
+class Generation:
+    """One request's handle: iterate `chunks()` for text; counts and timings are set as it runs."""
+
+    version: str
+    prompt_tokens: int
+    params: SamplingParams
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    completion_tokens: int = 0
+    finish_reason: str | None = None  # stop | length | cancelled | error
+    error: str | None = None
+    submitted_at: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    on_finish: Callable[[Generation], None] | None = None  # runs on the worker before readers see the end
+    parts: list[str] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    _queue: queue.Queue = field(default_factory=queue.Queue)
+    _input_ids: torch.Tensor | None = None
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+    @property
+    def full_text(self) -> str:
+        return "".join(self.parts)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.done.wait(timeout)
+
+    def chunks(self) -> Iterator[str]:
+        while True:
+            item = self._queue.get()
+            if item is _DONE:
+                return
+            yield item
+
+    @property
+    def first_token_ms(self) -> float | None:
+        return None if self.first_token_at is None else (self.first_token_at - self.submitted_at) * 1000
+
+    @property
+    def latency_ms(self) -> float:
+        end = self.finished_at or time.perf_counter()
+        return (end - self.submitted_at) * 1000
+
+
+class _CancelCriterion(StoppingCriteria):
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+
+
+class _QueueStreamer(TextStreamer):
+    """Decodes tokens into words (TextStreamer's logic) and hands them to the request's queue."""
+
+    def __init__(self, tokenizer, generation: Generation) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.generation = generation
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.next_tokens_are_prompt:
+            if self.generation.first_token_at is None:
+                self.generation.first_token_at = time.perf_counter()
+            self.generation.completion_tokens += value.numel()
+        super().put(value)
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.generation.parts.append(text)
+            self.generation._queue.put(text)
+
+
+class Engine:
+    def __init__(
+        self,
+        base_model: str,
+        *,
+        dtype: str = "float32",
+        threads: int = 0,
+        queue_limit: int = 64,
+    ) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.base_model = base_model
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, dtype))
+        self.model.eval()
+        self.adapters: dict[str, str] = {}
+        self.queue_limit = queue_limit
+        self._queue: queue.Queue[Generation] = queue.Queue()
+        self._model_lock = threading.Lock()  # adapters change only between generations
+        self._worker = threading.Thread(target=self._work, name="hone-engine", daemon=True)
+        self._worker.start()
+
+    # ---- versions -------------------------------------------------------------------------------
+    def versions(self) -> list[str]:
+        return [BASE_VERSION, *self.adapters]
+
+    def load_adapter(self, version: str, path: str | Path) -> None:
+        """Add a LoRA adapter under its version name; the base stays shared by all versions."""
+        from peft import PeftModel
+
+        if version in self.adapters:
+            return
+        with self._model_lock:
+            if self.adapters:
+                self.model.load_adapter(str(path), adapter_name=version)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=version)
+            self.model.eval()
+            self.adapters[version] = str(path)
+
+    def unload_adapter(self, version: str) -> None:
+        with self._model_lock:
+            if self.adapters.pop(version, None) is not None:
+                self.model.delete_adapter(version)
+
+    # ---- prompts --------------------------------------------------------------------------------
+    def encode_chat(self, messages: list[dict], max_prompt_tokens: int) -> torch.Tensor:
+        """Apply the chat template; drop the oldest turns (never the system prompt) to fit the budget."""
+        system = [m for m in messages if m["role"] == "system"][:1]
+        turns = [m for m in messages if m["role"] != "system"]
+        while True:
+            ids = self.tokenizer.apply_chat_template(
+                system + turns, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )["input_ids"]
+            if ids.shape[1] <= max_prompt_tokens:
+                return ids
+            if len(turns) <= 1:
+                raise InvalidRequest(
+                    f"The message is too long for the model's context ({ids.shape[1]} tokens; "
+                    f"the limit is {max_prompt_tokens})."
+                )
+            turns = turns[2:] if len(turns) > 2 else turns[1:]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # ---- generation -----------------------------------------------------------------------------
+    def submit(
+        self,
+        input_ids: torch.Tensor,
+        version: str,
+        params: SamplingParams,
+        on_finish: Callable[[Generation], None] | None = None,
+    ) -> Generation:
+        if version != BASE_VERSION and version not in self.adapters:
+            raise NotFound(f"Version {version!r} is not loaded.")
+        if self._queue.qsize() >= self.queue_limit:
+            raise RateLimited("The assistant is busy; try again in a moment.")
+        generation = Generation(
+            version=version, prompt_tokens=int(input_ids.shape[1]), params=params, on_finish=on_finish
+        )
+        generation._input_ids = input_ids
+        self._queue.put(generation)
+        return generation
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def _work(self) -> None:
+        while True:
+            generation = self._queue.get()
+            try:
+                if generation.cancel_event.is_set():
+                    generation.finish_reason = "cancelled"
+                else:
+                    self._generate(generation)
+            except Exception as exc:  # a failed request must not stop the worker
+                log.exception("generation failed")
+                generation.finish_reason, generation.error = "error", str(exc)
+            finally:
+                generation.finished_at = time.perf_counter()
+                generation._input_ids = None
+                self._finish(generation)
+
+    @staticmethod
+    def _finish(generation: Generation) -> None:
+        try:
+            if generation.on_finish is not None:
+                generation.on_finish(generation)
+        except Exception:
+            log.exception("on_finish failed")
+        finally:
+            generation._queue.put(_DONE)
+            generation.done.set()
+
+    @torch.inference_mode()
+    def _generate(self, generation: Generation) -> None:
+        params = generation.params
+        input_ids = generation._input_ids
+        kwargs: dict = {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "max_new_tokens": params.max_new_tokens,
+            "streamer": _QueueStreamer(self.tokenizer, generation),
+            "stopping_criteria": StoppingCriteriaList([_CancelCriterion(generation.cancel_event)]),
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with self._model_lock:
+            if self.adapters:
+                kwargs["adapter_names"] = [_PEFT_BASE if generation.version == BASE_VERSION else generation.version]
+            output = self.model.generate(**kwargs)
+        new_tokens = output[0, input_ids.shape[1] :]
+        generation.completion_tokens = int(new_tokens.shape[0])
+        if generation.cancel_event.is_set():
+            generation.finish_reason = "cancelled"
+        elif new_tokens.numel() and int(new_tokens[-1]) in self._eos_ids():
+            generation.finish_reason = "stop"
+        else:
+            generation.finish_reason = "length" if new_tokens.numel() >= params.max_new_tokens else "stop"
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos])
+        ids.add(self.tokenizer.eos_token_id)
+        return {i for i in ids if i is not None}

@@ -1,0 +1,56 @@
+"""Wire the core together once per process: settings, database, engine, sessions, chat."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from assistant.auth import LoginThrottle, Sessions, ensure_first_admin, load_or_create_secret
+from assistant.chat import ChatService
+from assistant.config import Settings
+from assistant.engine import Engine
+from assistant.model_files import resolve_base_model
+from assistant.store import Database, conversations
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Hone:
+    settings: Settings
+    database: Database
+    engine: Engine
+    sessions: Sessions
+    chat: ChatService
+    throttle: LoginThrottle
+
+
+def build(settings: Settings, engine: Engine | None = None, announce=print) -> Hone:
+    database = Database(settings.db)
+    interrupted = conversations.mark_interrupted(database)
+    if interrupted:
+        log.warning("%d answers were cut off by a previous shutdown", interrupted)
+    admin = ensure_first_admin(database, settings.admin_password)
+    if admin is not None:
+        shown = "(from ASSISTANT_ADMIN_PASSWORD)" if settings.admin_password else admin["password"]
+        announce(
+            "\n[hone] First start: created user 'admin'.\n"
+            f"[hone]   password: {shown}   (shown once; change it by creating a new admin)\n"
+            f"[hone]   API key:  {admin['api_key']}\n"
+        )
+    if engine is None:
+        engine = Engine(
+            resolve_base_model(settings, announce),
+            dtype=settings.dtype,
+            threads=settings.threads,
+            queue_limit=settings.queue_limit,
+        )
+    secret = load_or_create_secret(settings.home / "secret_key")
+    return Hone(
+        settings=settings,
+        database=database,
+        engine=engine,
+        sessions=Sessions(database, secret, settings.session_hours),
+        chat=ChatService(database, engine, settings),
+        throttle=LoginThrottle(settings.login_max_failures, settings.login_lockout_seconds),
+    )

@@ -1,0 +1,127 @@
+"""Conversations and their messages. Every answer row names the version that produced it."""
+
+from __future__ import annotations
+
+from assistant.store.db import Database, utcnow
+
+TITLE_CHARS = 80
+
+
+def get(database: Database, conversation_id: int) -> dict | None:
+    return database.one("select * from conversations where id = ?", [conversation_id])
+
+
+def list_for_user(database: Database, user_id: int, limit: int = 50) -> list[dict]:
+    return database.query(
+        "select * from conversations where user_id = ? order by updated_at desc, id desc limit ?",
+        [user_id, limit],
+    )
+
+
+def messages(database: Database, conversation_id: int) -> list[dict]:
+    return database.query("select * from messages where conversation_id = ? order by id", [conversation_id])
+
+
+def context(database: Database, conversation_id: int) -> list[dict]:
+    """The messages a model should see: no replaced, failed or unfinished answers."""
+    return database.query(
+        """select * from messages m where conversation_id = ?
+           and not (role = 'assistant' and status not in ('complete', 'stopped'))
+           and not exists (select 1 from messages r where r.replaces = m.id)
+           order by id""",
+        [conversation_id],
+    )
+
+
+def message(database: Database, message_id: int) -> dict | None:
+    return database.one("select * from messages where id = ?", [message_id])
+
+
+def start_turn(
+    database: Database,
+    *,
+    user_id: int,
+    conversation_id: int | None,
+    new_messages: list[dict],
+    version: str,
+    temperature: float,
+    replaces: int | None = None,
+) -> tuple[int, int]:
+    """Store the turn's new user-side messages and a placeholder answer in one transaction.
+
+    Returns (conversation_id, answer_message_id); the id is known before generation starts so a
+    stream can name it in its first chunk.
+    """
+    now = utcnow()
+    with database.write() as db:
+        if conversation_id is None:
+            first_user = next((m["content"] for m in new_messages if m["role"] == "user"), "")
+            conversation_id = db["conversations"].insert(
+                {
+                    "user_id": user_id,
+                    "title": " ".join(first_user.split())[:TITLE_CHARS],
+                    "version": version,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            ).last_pk
+        else:
+            db["conversations"].update(conversation_id, {"updated_at": now})
+        for m in new_messages:
+            db["messages"].insert(
+                {
+                    "conversation_id": conversation_id,
+                    "role": m["role"],
+                    "content": m["content"],
+                    "status": "complete",
+                    "created_at": now,
+                }
+            )
+        answer = db["messages"].insert(
+            {
+                "conversation_id": conversation_id,
+                "role": "assistant",
+                "content": "",
+                "version": version,
+                "status": "generating",
+                "temperature": temperature,
+                "replaces": replaces,
+                "created_at": now,
+            }
+        )
+        return conversation_id, answer.last_pk
+
+
+def finish_answer(
+    database: Database,
+    message_id: int,
+    *,
+    content: str,
+    status: str,
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    latency_ms: float,
+    first_token_ms: float | None,
+) -> None:
+    with database.write() as db:
+        db["messages"].update(
+            message_id,
+            {
+                "content": content,
+                "status": status,
+                "finish_reason": finish_reason,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "latency_ms": latency_ms,
+                "first_token_ms": first_token_ms,
+            },
+        )
+
+
+def mark_interrupted(database: Database) -> int:
+    """Answers left 'generating' by a server that died: keep them, but say what happened."""
+    with database.write() as db:
+        return db.execute(
+            "update messages set status = 'interrupted', finish_reason = 'interrupted' where status = 'generating'"
+        ).rowcount

@@ -1,0 +1,33 @@
+"""What every tab's handlers share: who is calling, with the same role check the API uses."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from assistant.auth import User, authenticate, require_role
+from assistant.errors import HoneError
+from assistant.services import Hone
+
+
+def request_user(hone: Hone, request: gr.Request | None) -> User | None:
+    if request is None:
+        return None
+    raw = getattr(request, "request", None)
+    if raw is not None:
+        headers, cookies = raw.headers, raw.cookies
+    else:  # a request rebuilt by Gradio's queue keeps plain dicts
+        headers, cookies = request.kwargs.get("headers", {}), request.kwargs.get("cookies", {})
+    headers = {k.lower(): v for k, v in dict(headers).items()}
+    return authenticate(hone.database, hone.sessions, headers, dict(cookies))
+
+
+def guard(hone: Hone, request: gr.Request | None, role: str) -> User:
+    """Every handler starts here: the server decides, whatever the page showed."""
+    try:
+        return require_role(request_user(hone, request), role)
+    except HoneError as exc:
+        raise gr.Error(exc.message) from exc
+
+
+def ui_error(exc: HoneError) -> gr.Error:
+    return gr.Error(exc.message)

@@ -1,0 +1,145 @@
+"""Browser login and the HTTP plumbing around the API: error shape, body limit, login redirect."""
+
+from __future__ import annotations
+
+import html
+
+from fastapi import FastAPI, Form, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from assistant.auth import SESSION_COOKIE, authenticate
+from assistant.errors import HoneError, TooLarge
+from assistant.services import Hone
+
+LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Hone · sign in</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+ body {{ font-family: system-ui, sans-serif; display: grid; place-items: center; min-height: 90vh; }}
+ form {{ display: grid; gap: .6rem; width: 18rem; }}
+ input, button {{ font-size: 1rem; padding: .5rem; }}
+ .error {{ color: #b00020; }}
+</style></head>
+<body><form method="post" action="/login">
+ <h1>Hone</h1>
+ {error}
+ <label>User name <input name="username" autocomplete="username" required autofocus></label>
+ <label>Password <input name="password" type="password" autocomplete="current-password" required></label>
+ <button type="submit">Sign in</button>
+</form></body></html>"""
+
+
+def error_json(status: int, message: str, kind: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HoneError)
+    async def hone_error(request: Request, exc: HoneError) -> JSONResponse:
+        response = error_json(exc.status, exc.message, exc.type)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+            for e in exc.errors()[:5]
+        )
+        return error_json(422, f"Invalid request: {problems}", "invalid_request_error")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_json(exc.status_code, str(exc.detail), "invalid_request_error")
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit with 413, whether or not they declare a length."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._reject(send)
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise TooLarge(f"Request body over {self.max_bytes} bytes.")
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        response = error_json(413, f"Request body over {self.max_bytes} bytes.", "request_too_large")
+        await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> dict:
+    return {"type": "http.disconnect"}
+
+
+def install_login(app: FastAPI, hone: Hone) -> None:
+    def client_key(request: Request) -> str:
+        return "ip:" + (request.client.host if request.client else "?")
+
+    @app.get("/login", include_in_schema=False)
+    def login_form() -> HTMLResponse:
+        return HTMLResponse(LOGIN_PAGE.format(error=""))
+
+    @app.post("/login", include_in_schema=False)
+    async def login(request: Request, username: str = Form(""), password: str = Form("")) -> Response:
+        keys = ("user:" + username, client_key(request))
+        try:
+            hone.throttle.check(*keys)
+            user, cookie = await run_in_threadpool(hone.sessions.login, username, password)
+        except HoneError as exc:
+            if exc.status == 401:
+                hone.throttle.failed(*keys)
+            page = LOGIN_PAGE.format(error=f'<p class="error" role="alert">{html.escape(exc.message)}</p>')
+            return HTMLResponse(page, status_code=exc.status)
+        hone.throttle.succeeded(*keys)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(
+            SESSION_COOKIE,
+            cookie,
+            max_age=int(hone.settings.session_hours * 3600),
+            httponly=True,
+            samesite="lax",
+            secure=hone.settings.secure_cookies or request.url.scheme == "https",
+            path="/",
+        )
+        return response
+
+    @app.get("/logout", include_in_schema=False)
+    def logout(request: Request) -> Response:
+        hone.sessions.logout(request.cookies.get(SESSION_COOKIE))
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    @app.middleware("http")
+    async def login_redirect(request: Request, call_next):
+        # The UI's page itself: send people who are not signed in to the login form.
+        if request.method == "GET" and request.url.path == "/":
+            user = await run_in_threadpool(authenticate, hone.database, hone.sessions, request.headers, request.cookies)
+            if user is None:
+                return RedirectResponse("/login", status_code=303)
+        return await call_next(request)

@@ -1,0 +1,1 @@
+"""Training: dataset builds, trainers, evaluation and the version registry (filled by later work)."""
