@@ -1,11 +1,11 @@
 """Hone's admin command line.
 
-    python -m assistant users add NAME --role staff|reviewer|admin [--json]
-    python -m assistant users list [--json]
-    python -m assistant users set-role NAME ROLE
-    python -m assistant users disable NAME
-    python -m assistant users enable NAME
-    python -m assistant prepare-model        # convert the bundled model once (setup does this)
+python -m assistant users add NAME --role staff|reviewer|admin [--json]
+python -m assistant users list [--json]
+python -m assistant users set-role NAME ROLE
+python -m assistant users disable NAME
+python -m assistant users enable NAME
+python -m assistant prepare-model        # convert the bundled model once (setup does this)
 """
 
 from __future__ import annotations

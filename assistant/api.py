@@ -13,11 +13,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
+from assistant import auth
 from assistant.auth import User, authenticate, require_role
 from assistant.chat import Turn
 from assistant.errors import InvalidRequest
 from assistant.services import Hone
-from assistant.store import conversations, versions
+from assistant.store import audit, conversations, users, versions
 
 
 class ChatMessageIn(BaseModel):
@@ -48,6 +49,17 @@ class ChatCompletionRequest(BaseModel):
 
 class StopResult(BaseModel):
     stopped: bool
+
+
+class NewUser(BaseModel):
+    name: str
+    role: Literal["staff", "reviewer", "admin"]
+    password: str | None = Field(None, min_length=8, max_length=256)
+
+
+class UserChange(BaseModel):
+    role: Literal["staff", "reviewer", "admin"] | None = None
+    disabled: bool | None = None
 
 
 def caller(request: Request) -> User | None:
@@ -149,6 +161,36 @@ def build_api(hone: Hone) -> APIRouter:
     def conversation(conversation_id: int, user: Staff) -> dict:
         row = hone.chat.own_conversation(user, conversation_id)
         return {**row, "messages": conversations.messages(hone.database, conversation_id)}
+
+    @router.get("/v1/me", tags=["users"])
+    def me(user: Staff) -> dict:
+        return {"id": user.id, "name": user.name, "role": user.role}
+
+    @router.get("/v1/users", tags=["users"])
+    def list_users(admin: Admin) -> dict:
+        return {"data": users.list_all(hone.database)}
+
+    @router.post("/v1/users", tags=["users"], status_code=201)
+    def add_user(body: NewUser, admin: Admin) -> dict:
+        created = auth.create_user(hone.database, body.name, body.role, password=body.password, actor=admin.name)
+        return {k: created[k] for k in ("id", "name", "role", "password", "api_key")}
+
+    @router.patch("/v1/users/{name}", tags=["users"])
+    def change_user(name: str, body: UserChange, admin: Admin) -> dict:
+        if body.role is None and body.disabled is None:
+            raise InvalidRequest("Send 'role' and/or 'disabled'.")
+        if body.role is not None:
+            auth.set_role(hone.database, name, body.role, actor=admin.name)
+        if body.disabled is not None:
+            auth.set_disabled(hone.database, name, body.disabled, actor=admin.name)
+        row = users.by_name(hone.database, name)
+        return {"name": row["name"], "role": row["role"], "disabled": bool(row["disabled"])}
+
+    @router.get("/v1/audit", tags=["users"])
+    def audit_log(admin: Admin, limit: int = 100) -> dict:
+        if not 1 <= limit <= 1000:
+            raise InvalidRequest("limit must be from 1 to 1000.")
+        return {"data": audit.recent(hone.database, limit)}
 
     return router
 

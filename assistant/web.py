@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from assistant.auth import SESSION_COOKIE, authenticate
-from assistant.errors import HoneError, TooLarge
+from assistant.errors import HoneError
 from assistant.services import Hone
 
 LOGIN_PAGE = """<!doctype html>
@@ -72,19 +72,28 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._reject(send)
         seen = 0
+        exceeded = False
 
         async def limited() -> dict:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise TooLarge(f"Request body over {self.max_bytes} bytes.")
+                    exceeded = True  # the app sees a disconnect; we answer 413 ourselves
+                    return {"type": "http.disconnect"}
             return message
 
+        async def guarded_send(message: dict) -> None:
+            if not exceeded:
+                await send(message)
+
         try:
-            await self.app(scope, limited, send)
-        except TooLarge:
+            await self.app(scope, limited, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded:
             await self._reject(send)
 
     async def _reject(self, send: Send) -> None:

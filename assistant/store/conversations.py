@@ -56,15 +56,19 @@ def start_turn(
     with database.write() as db:
         if conversation_id is None:
             first_user = next((m["content"] for m in new_messages if m["role"] == "user"), "")
-            conversation_id = db["conversations"].insert(
-                {
-                    "user_id": user_id,
-                    "title": " ".join(first_user.split())[:TITLE_CHARS],
-                    "version": version,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            ).last_pk
+            conversation_id = (
+                db["conversations"]
+                .insert(
+                    {
+                        "user_id": user_id,
+                        "title": " ".join(first_user.split())[:TITLE_CHARS],
+                        "version": version,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+                .last_pk
+            )
         else:
             db["conversations"].update(conversation_id, {"updated_at": now})
         for m in new_messages:

