@@ -51,7 +51,7 @@ def build_chat_tab(hone: Hone) -> None:
             message = gr.Textbox(
                 placeholder="Ask a question and press Enter",
                 show_label=False,
-                lines=2,
+                lines=1,
                 max_lines=8,
                 elem_id="message",
             )
