@@ -219,18 +219,25 @@ class ChatService:
         )
 
     def stop(self, user: User, message_id: int | None = None, conversation_id: int | None = None) -> bool:
-        """Stop the user's running answer (by answer id or conversation); True if one was running."""
-        with self._lock:
-            turns = [
-                t
-                for t in self._active.values()
-                if t.message_id == message_id or (conversation_id is not None and t.conversation_id == conversation_id)
-            ]
-        stopped = False
-        for turn in turns:
-            owner = conversations.get(self.database, turn.conversation_id)
-            if owner is None or owner["user_id"] != user.id:
+        """Stop the user's running answer (by answer id or conversation); True if one was running.
+
+        Ownership is checked against the database, not only the running turns, so an answer that
+        has just finished still gives a stranger 403 and an unknown id 404.
+        """
+        if message_id is not None:
+            row = conversations.message(self.database, message_id)
+            if row is None or row["role"] != "assistant":
+                raise NotFound(f"No answer {message_id}.")
+            conversation_id = row["conversation_id"]
+        if conversation_id is not None:
+            owner = conversations.get(self.database, conversation_id)
+            if owner is None:
+                raise NotFound(f"No conversation {conversation_id}.")
+            if owner["user_id"] != user.id:
                 raise Forbidden("That answer is not yours to stop.")
+        with self._lock:
+            turns = [t for t in self._active.values() if t.conversation_id == conversation_id]
+            turns = [t for t in turns if message_id is None or t.message_id == message_id]
+        for turn in turns:
             turn.cancel()
-            stopped = True
-        return stopped
+        return bool(turns)

@@ -60,7 +60,10 @@ def tiny_model_dir(tmp_path_factory, bundled_model_dir) -> Path:
         tie_word_embeddings=True,
     )
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # a zero (tied) EOS row makes its logit 0, so answers run to max_tokens: timing-safe tests
+        model.get_input_embeddings().weight[tokenizer.eos_token_id].zero_()
+    model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 

@@ -51,6 +51,8 @@ def test_stop_route_and_disconnect_stop_generation(tiny_server):
     with httpx.stream("POST", tiny_server.url + "/v1/chat/completions", headers=headers, json=payload) as r:
         first = json.loads(next(line for line in r.iter_lines() if line.startswith("data: "))[6:])
         assert httpx.post(f"{tiny_server.url}/v1/chat/completions/{first['id']}/stop", headers=other).status_code == 403
+        unknown = httpx.post(f"{tiny_server.url}/v1/chat/completions/999999/stop", headers=headers)
+        assert unknown.status_code == 404
         # closing the connection early stops the model too
     deadline = time.monotonic() + 20
     while conversations.message(tiny_server.hone.database, int(first["id"]))["status"] == "generating":
