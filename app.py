@@ -16,7 +16,7 @@ from assistant.auth import authenticate
 from assistant.config import Settings, get_settings
 from assistant.engine import Engine
 from assistant.services import Hone, build
-from assistant.ui import build_ui
+from assistant.ui import HEAD, build_ui
 from assistant.web import BodyLimit, install_error_handlers, install_login
 
 
@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         user = authenticate(hone.database, hone.sessions, request.headers, request.cookies)
         return user.name if user else None
 
-    return gr.mount_gradio_app(app, build_ui(hone), path="/", auth_dependency=ui_user)
+    return gr.mount_gradio_app(app, build_ui(hone), path="/", auth_dependency=ui_user, head=HEAD)
 
 
 def main() -> None:

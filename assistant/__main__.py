@@ -5,6 +5,7 @@ python -m assistant users list [--json]
 python -m assistant users set-role NAME ROLE
 python -m assistant users disable NAME
 python -m assistant users enable NAME
+python -m assistant import-qa FILE.jsonl [--as ADMIN] [--json]   # Q&A pairs as approved reviewer answers
 python -m assistant prepare-model        # convert the bundled model once (setup does this)
 """
 
@@ -16,7 +17,8 @@ import sys
 
 from assistant import auth
 from assistant.config import get_settings
-from assistant.errors import HoneError
+from assistant.errors import HoneError, InvalidRequest
+from assistant.importer import import_qa
 from assistant.model_files import ModelFileError, resolve_base_model
 from assistant.store import Database, users
 
@@ -40,6 +42,11 @@ def make_parser() -> argparse.ArgumentParser:
     for action in ("disable", "enable"):
         p = user_commands.add_parser(action, help=f"{action} a user (disable also revokes their API keys)")
         p.add_argument("name")
+
+    qa = commands.add_parser("import-qa", help="import {question, answer} JSONL as approved reviewer answers")
+    qa.add_argument("file")
+    qa.add_argument("--as", dest="admin", help="the admin recorded as reviewer (default: the first admin)")
+    qa.add_argument("--json", action="store_true", help="print the counts as one JSON object")
 
     commands.add_parser("prepare-model", help="resolve the base model (converts the bundled GGUF once)")
     return parser
@@ -72,12 +79,32 @@ def run_users(args: argparse.Namespace, database: Database) -> None:
         print(f"{args.name} {args.action}d")
 
 
+def run_import(args: argparse.Namespace, database: Database, max_chars: int) -> None:
+    created = auth.ensure_first_admin(database, None)
+    if created is not None:
+        print(f"created user 'admin' (password {created['password']}, shown once)", file=sys.stderr)
+    admin = auth.acting_admin(database, args.admin)
+    try:
+        with open(args.file, encoding="utf-8") as lines:
+            report = import_qa(database, admin, lines, source=args.file, max_chars=max_chars)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"cannot read {args.file}: {exc}") from exc
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"imported {report['imported']}, duplicates {report['duplicates']}, bad lines {len(report['errors'])}")
+    for error in report["errors"]:
+        print(f"  line {error['line']}: {error['error']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     settings = get_settings()
     try:
         if args.command == "prepare-model":
             print(resolve_base_model(settings))
+        elif args.command == "import-qa":
+            run_import(args, Database(settings.db), settings.max_message_chars)
         else:
             run_users(args, Database(settings.db))
     except (HoneError, ModelFileError) as exc:

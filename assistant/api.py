@@ -9,16 +9,20 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from assistant import auth
 from assistant.auth import User, authenticate, require_role
 from assistant.chat import Turn
-from assistant.errors import InvalidRequest
+from assistant.errors import InvalidRequest, NotFound
+from assistant.feedback import REASONS
+from assistant.importer import import_qa
+from assistant.review import VERDICTS
 from assistant.services import Hone
 from assistant.store import audit, conversations, users, versions
+from training import examples
 
 
 class ChatMessageIn(BaseModel):
@@ -45,6 +49,26 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = None
     n: int = 1
     conversation_id: int | None = Field(None, description="Hone: continue a stored conversation")
+
+
+class FeedbackIn(BaseModel):
+    """Types are checked by the core (shared with the UI), so every mistake gets the same clear message."""
+
+    model_config = ConfigDict(extra="forbid")
+    message_id: Any = None
+    thumb: Any = Field(None, description="'up' or 'down'")
+    rating: Any = Field(None, description="1-5")
+    reasons: Any = Field(None, description=f"any of {', '.join(REASONS)}")
+    comment: Any = None
+    correction: Any = Field(None, description="what the answer should have said")
+
+
+class ReviewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rating: Any = Field(None, description="1-5")
+    verdict: Any = Field(None, description=f"one of {', '.join(VERDICTS)}")
+    ideal_answer: Any = None
+    correction: Any = Field(None, description="'approve' or 'reject' the answer's latest correction")
 
 
 class StopResult(BaseModel):
@@ -191,6 +215,74 @@ def build_api(hone: Hone) -> APIRouter:
         if not 1 <= limit <= 1000:
             raise InvalidRequest("limit must be from 1 to 1000.")
         return {"data": audit.recent(hone.database, limit)}
+
+    @router.post("/v1/feedback", tags=["feedback"], status_code=201)
+    def give_feedback(body: FeedbackIn, user: Staff) -> dict:
+        fields = body.model_dump(exclude={"message_id"})
+        result = hone.feedback.submit(user, body.message_id, **fields)
+        return {
+            "message_id": result.message_id,
+            "feedback_id": result.feedback_id,
+            "correction_id": result.correction_id,
+        }
+
+    @router.get("/v1/review/queue", tags=["review"])
+    def review_queue(reviewer: Reviewer, limit: int = 20) -> dict:
+        return {"data": hone.review.queue(reviewer, limit)}
+
+    @router.post("/v1/review/next", tags=["review"])
+    def review_next(reviewer: Reviewer) -> dict:
+        """Claim the most useful item nobody else holds; `item` is null when the queue is empty."""
+        return {"item": hone.review.next(reviewer)}
+
+    @router.get("/v1/review/agreement", tags=["review"])
+    def review_agreement(admin: Admin) -> dict:
+        return hone.review.agreement()
+
+    @router.get("/v1/review/{message_id}", tags=["review"])
+    def review_item(message_id: int, reviewer: Reviewer) -> dict:
+        return hone.review.item(reviewer, message_id)
+
+    @router.post("/v1/review/{message_id}/claim", tags=["review"])
+    def review_claim(message_id: int, reviewer: Reviewer) -> dict:
+        return hone.review.claim(reviewer, message_id)
+
+    @router.post("/v1/review/{message_id}/skip", tags=["review"])
+    def review_skip(message_id: int, reviewer: Reviewer) -> dict:
+        hone.review.skip(reviewer, message_id)
+        return {"skipped": message_id}
+
+    @router.post("/v1/review/{message_id}", tags=["review"], status_code=201)
+    def review(message_id: int, body: ReviewIn, reviewer: Reviewer) -> dict:
+        return {"review_id": hone.review.submit(reviewer, message_id, **body.model_dump())}
+
+    @router.post("/v1/review/{message_id}/adjudicate", tags=["review"], status_code=201)
+    def adjudicate(message_id: int, body: ReviewIn, admin: Admin) -> dict:
+        return {"review_id": hone.review.adjudicate(admin, message_id, **body.model_dump())}
+
+    @router.get("/v1/export", tags=["export"])
+    def export_counts(admin: Admin) -> dict:
+        return examples.counts(hone.database)
+
+    @router.get("/v1/export/{kind}", tags=["export"], response_class=PlainTextResponse)
+    def export(kind: str, admin: Admin) -> PlainTextResponse:
+        if kind not in examples.KINDS:
+            raise NotFound(f"No export {kind!r}; choose one of: {', '.join(examples.KINDS)}.")
+        rows = examples.build_examples(hone.database)[kind]
+        audit.record(hone.database, admin.name, f"export.{kind}", "", rows=len(rows))
+        body = "".join(json.dumps(e.row, ensure_ascii=False) + "\n" for e in rows)
+        return PlainTextResponse(body, media_type="application/x-ndjson")
+
+    @router.post("/v1/import/qa", tags=["export"])
+    async def import_pairs(request: Request, admin: Admin, source: str = "api") -> dict:
+        """Body: JSONL of {"question", "answer"} records; each becomes an approved reviewer answer."""
+        raw = await request.body()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest("The body must be UTF-8 JSONL.") from exc
+        lines = text.splitlines()
+        return await run_in_threadpool(import_qa, hone.database, admin, lines, source, hone.settings.max_message_chars)
 
     return router
 

@@ -203,6 +203,19 @@ def authenticate(database: Database, sessions: Sessions, headers: dict, cookies:
     return sessions.user(cookies.get(SESSION_COOKIE))
 
 
+def acting_admin(database: Database, name: str | None) -> User:
+    """The admin a command-line action is recorded under: the named one, or the first active admin."""
+    if name is not None:
+        user = _user(users.by_name(database, name))
+        if user is None or not user.has_role("admin"):
+            raise Forbidden(f"{name!r} is not an active admin.")
+        return user
+    row = database.one("select * from users where role = 'admin' and disabled = 0 order by id limit 1")
+    if row is None:
+        raise NotFound("No active admin; create one with `python -m assistant users add NAME --role admin`.")
+    return _user(row)
+
+
 def ensure_first_admin(database: Database, password: str | None) -> dict | None:
     """On an empty database create `admin`; returns its one-time secrets (None if users exist)."""
     if users.count(database):

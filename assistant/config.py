@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
     queue_limit: int = Field(64, ge=1, description="waiting generations before 429")
 
+    review_claim_minutes: float = Field(10.0, gt=0, description="how long an item a reviewer opened stays theirs")
+    review_second_opinion_percent: int = Field(
+        20, ge=0, le=100, description="share of reviewed answers offered to a second reviewer (for agreement)"
+    )
+
     session_hours: float = Field(12.0, gt=0, description="browser sessions expire after this")
     secure_cookies: bool = Field(False, description="set Secure on cookies (serve over TLS)")
     login_max_failures: int = Field(5, ge=1, description="failed logins before a lockout")

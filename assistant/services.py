@@ -9,7 +9,9 @@ from assistant.auth import LoginThrottle, Sessions, ensure_first_admin, load_or_
 from assistant.chat import ChatService
 from assistant.config import Settings
 from assistant.engine import Engine
+from assistant.feedback import FeedbackService
 from assistant.model_files import resolve_base_model
+from assistant.review import ReviewService
 from assistant.store import Database, conversations
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,8 @@ class Hone:
     engine: Engine
     sessions: Sessions
     chat: ChatService
+    feedback: FeedbackService
+    review: ReviewService
     throttle: LoginThrottle
 
 
@@ -52,5 +56,12 @@ def build(settings: Settings, engine: Engine | None = None, announce=print) -> H
         engine=engine,
         sessions=Sessions(database, secret, settings.session_hours),
         chat=ChatService(database, engine, settings),
+        feedback=FeedbackService(database, settings.max_message_chars),
+        review=ReviewService(
+            database,
+            max_chars=settings.max_message_chars,
+            claim_minutes=settings.review_claim_minutes,
+            second_opinion_percent=settings.review_second_opinion_percent,
+        ),
         throttle=LoginThrottle(settings.login_max_failures, settings.login_lockout_seconds),
     )

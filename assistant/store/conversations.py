@@ -13,7 +13,7 @@ def get(database: Database, conversation_id: int) -> dict | None:
 
 def list_for_user(database: Database, user_id: int, limit: int = 50) -> list[dict]:
     return database.query(
-        "select * from conversations where user_id = ? order by updated_at desc, id desc limit ?",
+        "select * from conversations where user_id = ? and source = 'chat' order by updated_at desc, id desc limit ?",
         [user_id, limit],
     )
 
@@ -22,15 +22,22 @@ def messages(database: Database, conversation_id: int) -> list[dict]:
     return database.query("select * from messages where conversation_id = ? order by id", [conversation_id])
 
 
-def context(database: Database, conversation_id: int) -> list[dict]:
-    """The messages a model should see: no replaced, failed or unfinished answers."""
+def context(database: Database, conversation_id: int, before: int | None = None) -> list[dict]:
+    """The messages a model should see (no replaced, failed or unfinished answers), optionally
+    only those before message id `before`: the prompt that a stored answer was given."""
     return database.query(
-        """select * from messages m where conversation_id = ?
+        """select * from messages m where conversation_id = ? and id < ?
            and not (role = 'assistant' and status not in ('complete', 'stopped'))
-           and not exists (select 1 from messages r where r.replaces = m.id)
+           and not exists (select 1 from messages r where r.replaces = m.id and r.id <= ?)
            order by id""",
-        [conversation_id],
+        [conversation_id, before or 2**62, before or 2**62],
     )
+
+
+def prompt_for(database: Database, answer: dict) -> list[dict]:
+    """The conversation up to an answer, as chat messages."""
+    rows = context(database, answer["conversation_id"], before=answer["id"])
+    return [{"role": r["role"], "content": r["content"]} for r in rows]
 
 
 def message(database: Database, message_id: int) -> dict | None:
@@ -129,3 +136,47 @@ def mark_interrupted(database: Database) -> int:
         return db.execute(
             "update messages set status = 'interrupted', finish_reason = 'interrupted' where status = 'generating'"
         ).rowcount
+
+
+def add_imported(database: Database, *, user_id: int, question: str, source: str) -> dict:
+    """An imported question as its own conversation, with an empty answer slot that a review fills."""
+    now = utcnow()
+    with database.write() as db:
+        conversation_id = (
+            db["conversations"]
+            .insert(
+                {
+                    "user_id": user_id,
+                    "title": " ".join(question.split())[:TITLE_CHARS],
+                    "version": None,
+                    "source": "import",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            .last_pk
+        )
+        db["messages"].insert(
+            {
+                "conversation_id": conversation_id,
+                "role": "user",
+                "content": question,
+                "status": "complete",
+                "created_at": now,
+            }
+        )
+        answer_id = (
+            db["messages"]
+            .insert(
+                {
+                    "conversation_id": conversation_id,
+                    "role": "assistant",
+                    "content": "",
+                    "status": "imported",
+                    "finish_reason": source,
+                    "created_at": now,
+                }
+            )
+            .last_pk
+        )
+        return {"conversation_id": conversation_id, "message_id": answer_id}

@@ -106,3 +106,91 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         not_null={"at", "actor", "action"},
     )
     db["audit_log"].create_index(["at"])
+
+
+@migrations()
+def m002_feedback_and_review(db: sqlite_utils.Database) -> None:
+    # 'chat' conversations are real traffic; 'import' ones hold imported question/answer pairs.
+    db["conversations"].add_column("source", str, not_null_default="chat")
+
+    db["feedback"].create(
+        {
+            "id": int,
+            "message_id": int,
+            "user_id": int,
+            "thumb": str,  # up | down
+            "rating": int,  # 1-5
+            "reasons": str,  # JSON list of reason codes
+            "comment": str,
+            "version": str,  # the version that gave the answer
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("message_id", "messages", "id"), ("user_id", "users", "id")],
+        not_null={"message_id", "user_id", "created_at"},
+    )
+    db["feedback"].create_index(["message_id"])
+
+    # A correction sits beside the answer it corrects, with everything needed to train on it later.
+    db["corrections"].create(
+        {
+            "id": int,
+            "message_id": int,
+            "user_id": int,
+            "context": str,  # JSON: the conversation up to the answer
+            "original": str,
+            "corrected": str,
+            "version": str,
+            "supersedes": int,  # the previous correction of the same answer
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("message_id", "messages", "id"), ("user_id", "users", "id")],
+        not_null={"message_id", "user_id", "context", "original", "corrected", "created_at"},
+    )
+    db["corrections"].create_index(["message_id"])
+
+    db["reviews"].create(
+        {
+            "id": int,
+            "message_id": int,
+            "reviewer_id": int,
+            "kind": str,  # review | adjudication | import
+            "rating": int,
+            "verdict": str,  # correct | incorrect | unsafe | off_topic
+            "ideal_answer": str,
+            "correction_id": int,  # the staff correction this review decided on
+            "correction_decision": str,  # approve | reject
+            "supersedes": int,  # this reviewer's previous review of the same answer
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[
+            ("message_id", "messages", "id"),
+            ("reviewer_id", "users", "id"),
+            ("correction_id", "corrections", "id"),
+        ],
+        not_null={"message_id", "reviewer_id", "kind", "created_at"},
+    )
+    db["reviews"].create_index(["message_id"])
+    db["reviews"].create_index(["reviewer_id"])
+
+    db["review_claims"].create(
+        {"message_id": int, "reviewer_id": int, "expires_at": str},
+        pk="message_id",
+        foreign_keys=[("message_id", "messages", "id"), ("reviewer_id", "users", "id")],
+        not_null={"reviewer_id", "expires_at"},
+    )
+    db["review_skips"].create(
+        {"id": int, "message_id": int, "reviewer_id": int, "created_at": str},
+        pk="id",
+        not_null={"message_id", "reviewer_id", "created_at"},
+    )
+    db["review_skips"].create_index(["reviewer_id", "message_id"])
+
+    db["imports"].create(
+        {"content_hash": str, "message_id": int, "source": str, "created_at": str},
+        pk="content_hash",
+        foreign_keys=[("message_id", "messages", "id")],
+        not_null={"message_id", "created_at"},
+    )

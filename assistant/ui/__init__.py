@@ -5,11 +5,12 @@ from __future__ import annotations
 import gradio as gr
 
 from assistant.services import Hone
+from assistant.ui.admin_tab import build_admin_tab
 from assistant.ui.chat_tab import build_chat_tab
 from assistant.ui.common import guard
+from assistant.ui.review_tab import KEYBOARD_JS, build_review_tab
 
-# Tabs that later work fills, with the lowest role that may see them.
-ROLE_TABS = (("Review", "reviewer"), ("Compare", "reviewer"), ("Admin", "admin"))
+HEAD = KEYBOARD_JS  # page-wide <head> additions, passed to gr.mount_gradio_app
 
 
 def build_ui(hone: Hone) -> gr.Blocks:
@@ -20,11 +21,11 @@ def build_ui(hone: Hone) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
                 list_conversations, history_list = build_chat_tab(hone)
-            role_tabs = []
-            for name, role in ROLE_TABS:
-                with gr.Tab(name, id=name.lower(), visible=False) as tab:
-                    gr.Markdown(f"The {name} workspace ({role} and above) arrives in a later release.")
-                role_tabs.append((tab, role))
+            review_tab = build_review_tab(hone)
+            with gr.Tab("Compare", id="compare", visible=False) as compare_tab:
+                gr.Markdown("Blind side-by-side comparison of versions arrives with A/B testing.")
+            admin_tab = build_admin_tab(hone)
+        role_tabs = [(review_tab, "reviewer"), (compare_tab, "reviewer"), (admin_tab, "admin")]
 
         def on_load(request: gr.Request):
             user = guard(hone, request, "staff")

@@ -8,6 +8,7 @@ import gradio as gr
 
 from assistant.auth import User
 from assistant.errors import HoneError
+from assistant.feedback import REASONS
 from assistant.services import Hone
 from assistant.store import conversations
 from assistant.ui.common import guard, ui_error
@@ -22,17 +23,29 @@ def _answer_footer(row: dict) -> str:
     return f"\n\n<sub>answered by {html.escape(note)} · #{row['id']}</sub>"
 
 
-def render_history(hone: Hone, conversation_id: int | None) -> list[dict]:
-    """The stored conversation as Chatbot messages, each answer tagged with its version."""
+def shown_rows(hone: Hone, conversation_id: int | None) -> list[dict]:
+    """The stored messages the Chatbot shows, in its order (so a Chatbot index names a stored row)."""
     if conversation_id is None:
         return []
-    shown = []
-    for row in conversations.context(hone.database, conversation_id):
-        if row["role"] == "user":
-            shown.append({"role": "user", "content": row["content"]})
-        elif row["role"] == "assistant":
-            shown.append({"role": "assistant", "content": row["content"] + _answer_footer(row)})
-    return shown
+    return [r for r in conversations.context(hone.database, conversation_id) if r["role"] in ("user", "assistant")]
+
+
+def render_history(hone: Hone, conversation_id: int | None) -> list[dict]:
+    """The stored conversation as Chatbot messages, each answer tagged with its version."""
+    return [
+        {"role": r["role"], "content": r["content"] + (_answer_footer(r) if r["role"] == "assistant" else "")}
+        for r in shown_rows(hone, conversation_id)
+    ]
+
+
+def answer_choices(hone: Hone, conversation_id: int | None) -> gr.update:
+    """The conversation's answers for the feedback panel, the latest selected."""
+    answers = [r for r in shown_rows(hone, conversation_id) if r["role"] == "assistant"]
+    choices = [(f"#{r['id']}: {' '.join(r['content'].split())[:60]}", r["id"]) for r in answers]
+    return gr.update(choices=choices, value=choices[-1][1] if choices else None)
+
+
+REASON_CHOICES = [(r.replace("_", " "), r) for r in REASONS]
 
 
 def conversation_choices(hone: Hone, user: User) -> list[tuple[str, int]]:
@@ -47,7 +60,7 @@ def build_chat_tab(hone: Hone) -> None:
             new_button = gr.Button("New conversation", variant="secondary")
             history_list = gr.Radio(label="Your conversations", choices=[], elem_id="conversation-list")
         with gr.Column(scale=4):
-            chatbot = gr.Chatbot(label="Hone", height=520, feedback_options=None, elem_id="chatbot")
+            chatbot = gr.Chatbot(label="Hone", height=520, feedback_options=("Like", "Dislike"), elem_id="chatbot")
             message = gr.Textbox(
                 placeholder="Ask a question and press Enter",
                 show_label=False,
@@ -59,6 +72,22 @@ def build_chat_tab(hone: Hone) -> None:
                 send_button = gr.Button("Send", variant="primary", elem_id="send")
                 stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
                 retry_button = gr.Button("Retry", elem_id="retry")
+            with gr.Accordion("Feedback on an answer", open=False, elem_id="feedback-panel"):
+                answer_pick = gr.Dropdown(label="Answer", choices=[], elem_id="feedback-answer")
+                with gr.Row():
+                    thumb = gr.Radio([("👍 good", "up"), ("👎 bad", "down")], label="Thumb", elem_id="feedback-thumb")
+                    rating = gr.Radio([1, 2, 3, 4, 5], label="Rating", elem_id="feedback-rating")
+                reasons = gr.CheckboxGroup(REASON_CHOICES, label="What was wrong", elem_id="feedback-reasons")
+                comment = gr.Textbox(label="Comment", lines=1, elem_id="feedback-comment")
+                correction = gr.Textbox(
+                    label="Correction: edit the answer into what it should have said",
+                    lines=4,
+                    elem_id="feedback-correction",
+                )
+                with gr.Row():
+                    edit_answer = gr.Button("Correct this answer", elem_id="feedback-edit")
+                    send_feedback = gr.Button("Send feedback", variant="primary", elem_id="feedback-send")
+                feedback_status = gr.Markdown(elem_id="feedback-status")
             with gr.Accordion("Settings", open=False):
                 temperature = gr.Slider(0, 2, value=hone.settings.default_temperature, step=0.05, label="Temperature")
                 max_tokens = gr.Slider(
@@ -96,14 +125,15 @@ def build_chat_tab(hone: Hone) -> None:
         except HoneError as exc:
             raise ui_error(exc) from exc
         shown = render_history(hone, conv_id) + [{"role": "user", "content": text}]
-        yield shown, turn.conversation_id, "", gr.update()
+        yield shown, turn.conversation_id, "", gr.update(), gr.update()
         for current in stream_turn(user, turn, shown):
-            yield current, turn.conversation_id, "", gr.update()
+            yield current, turn.conversation_id, "", gr.update(), gr.update()
         yield (
             current,
             turn.conversation_id,
             "",
             gr.update(choices=conversation_choices(hone, user), value=turn.conversation_id),
+            answer_choices(hone, turn.conversation_id),
         )
 
     def retry(conv_id: int | None, temp: float, max_new: float, request: gr.Request):
@@ -117,7 +147,9 @@ def build_chat_tab(hone: Hone) -> None:
         shown = render_history(hone, conv_id)
         if shown and shown[-1]["role"] == "assistant":
             shown = shown[:-1]
-        yield from stream_turn(user, turn, shown)
+        for current in stream_turn(user, turn, shown):
+            yield current, gr.update()
+        yield current, answer_choices(hone, conv_id)
 
     def stop(conv_id: int | None, request: gr.Request) -> None:
         user = guard(hone, request, "staff")
@@ -129,28 +161,88 @@ def build_chat_tab(hone: Hone) -> None:
 
     def new_conversation(request: gr.Request):
         guard(hone, request, "staff")
-        return [], None, gr.update(value=None)
+        return [], None, gr.update(value=None), gr.update(choices=[], value=None)
 
     def open_conversation(conv_id: int | None, request: gr.Request):
         user = guard(hone, request, "staff")
         if conv_id is None:
-            return gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update()
         try:
             hone.chat.own_conversation(user, conv_id)
         except HoneError as exc:
             raise ui_error(exc) from exc
-        return render_history(hone, conv_id), conv_id
+        return render_history(hone, conv_id), conv_id, answer_choices(hone, conv_id)
+
+    def give_feedback(
+        answer_id, thumb_value, rating_value, reason_values, comment_text, correction_text, request: gr.Request
+    ):
+        user = guard(hone, request, "staff")
+        if answer_id is None:
+            raise gr.Error("Choose an answer first.")
+        try:
+            result = hone.feedback.submit(
+                user,
+                int(answer_id),
+                thumb=thumb_value or None,
+                rating=int(rating_value) if rating_value else None,
+                reasons=list(reason_values or []),
+                comment=comment_text if comment_text and comment_text.strip() else None,
+                correction=correction_text if correction_text and correction_text.strip() else None,
+            )
+        except HoneError as exc:
+            raise ui_error(exc) from exc
+        saved = [p for p, v in (("feedback", result.feedback_id), ("correction", result.correction_id)) if v]
+        note = f"Thanks: your {' and '.join(saved)} on answer #{result.message_id} is saved."
+        return note, None, None, [], "", ""
+
+    def start_correction(answer_id, request: gr.Request):
+        user = guard(hone, request, "staff")
+        if answer_id is None:
+            raise gr.Error("Choose an answer first.")
+        row = conversations.message(hone.database, int(answer_id))
+        try:
+            hone.chat.own_conversation(user, row["conversation_id"] if row else -1)
+        except HoneError as exc:
+            raise ui_error(exc) from exc
+        return row["content"]
+
+    def thumb_from_chat(conv_id: int | None, like: gr.LikeData, request: gr.Request):
+        user = guard(hone, request, "staff")
+        rows = shown_rows(hone, conv_id)
+        index = like.index if isinstance(like.index, int) else like.index[0]
+        if not 0 <= index < len(rows) or rows[index]["role"] != "assistant" or like.liked not in (True, False):
+            return gr.update()
+        try:
+            hone.feedback.submit(user, rows[index]["id"], thumb="up" if like.liked else "down")
+        except HoneError as exc:
+            raise ui_error(exc) from exc
+        return gr.update(value=rows[index]["id"])
 
     def list_conversations(request: gr.Request):
         user = guard(hone, request, "staff")
         return gr.update(choices=conversation_choices(hone, user))
 
     send_inputs = [message, conversation_id, temperature, max_tokens]
-    send_outputs = [chatbot, conversation_id, message, history_list]
+    send_outputs = [chatbot, conversation_id, message, history_list, answer_pick]
     submit_event = message.submit(send, send_inputs, send_outputs, api_name="chat")
     click_event = send_button.click(send, send_inputs, send_outputs, api_name=False)
-    retry_event = retry_button.click(retry, [conversation_id, temperature, max_tokens], [chatbot], api_name="retry")
+    retry_event = retry_button.click(
+        retry, [conversation_id, temperature, max_tokens], [chatbot, answer_pick], api_name="retry"
+    )
     stop_button.click(stop, [conversation_id], None, api_name="stop", cancels=[submit_event, click_event, retry_event])
-    new_button.click(new_conversation, None, [chatbot, conversation_id, history_list], api_name="new_conversation")
-    history_list.input(open_conversation, [history_list], [chatbot, conversation_id], api_name="open_conversation")
+    new_button.click(
+        new_conversation, None, [chatbot, conversation_id, history_list, answer_pick], api_name="new_conversation"
+    )
+    history_list.input(
+        open_conversation, [history_list], [chatbot, conversation_id, answer_pick], api_name="open_conversation"
+    )
+    feedback_inputs = [answer_pick, thumb, rating, reasons, comment, correction]
+    send_feedback.click(
+        give_feedback,
+        feedback_inputs,
+        [feedback_status, thumb, rating, reasons, comment, correction],
+        api_name="feedback",
+    )
+    edit_answer.click(start_correction, [answer_pick], [correction], api_name="start_correction")
+    chatbot.like(thumb_from_chat, [conversation_id], [answer_pick], api_name=False)
     return list_conversations, history_list

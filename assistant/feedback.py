@@ -1,0 +1,151 @@
+"""Feedback on answers: thumbs with reasons, ratings, comments and corrections, from staff and reviewers.
+
+Validation happens before anything is written, and one submission is one transaction, so a bad
+request leaves no trace and a good one is never half-stored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from assistant.auth import User
+from assistant.errors import Conflict, InvalidRequest, NotFound
+from assistant.store import Database, audit, conversations
+from assistant.store import feedback as store
+
+THUMBS = ("up", "down")
+REASONS = ("wrong_facts", "incomplete", "unsafe", "off_topic", "wrong_tone", "other")
+JUDGEABLE_STATUSES = ("complete", "stopped")
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    message_id: int
+    feedback_id: int | None
+    correction_id: int | None
+
+
+def visible_answer(database: Database, user: User, message_id: object) -> dict:
+    """The answer a user may judge: their own conversation's, or any answer for reviewers and admins."""
+    if isinstance(message_id, bool) or not isinstance(message_id, int):
+        raise InvalidRequest("message_id must be an integer.")
+    message = conversations.message(database, message_id)
+    conversation = conversations.get(database, message["conversation_id"]) if message else None
+    if (
+        message is None
+        or message["role"] != "assistant"
+        or conversation is None
+        or conversation["source"] != "chat"
+        or (conversation["user_id"] != user.id and not user.has_role("reviewer"))
+    ):
+        raise NotFound(f"No answer {message_id} that you can see.")
+    if message["status"] not in JUDGEABLE_STATUSES:
+        raise Conflict(f"Answer {message_id} is {message['status']}; only finished answers can be judged.")
+    return message
+
+
+def clean_text(value: object, field: str, limit: int, required: bool = False) -> str | None:
+    if value is None:
+        if required:
+            raise InvalidRequest(f"{field} is required.")
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{field} must be a string.")
+    text = value.strip()
+    if not text:
+        raise InvalidRequest(f"{field} must not be empty.")
+    if len(text) > limit:
+        raise InvalidRequest(f"{field} is longer than {limit} characters.")
+    return text
+
+
+def clean_rating(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 5:
+        raise InvalidRequest("rating must be a whole number from 1 to 5.")
+    return value
+
+
+def clean_choice(value: object, field: str, choices: tuple[str, ...]) -> str | None:
+    if value is None:
+        return None
+    if value not in choices:
+        raise InvalidRequest(f"{field} must be one of: {', '.join(choices)}.")
+    return value  # type: ignore[return-value]
+
+
+class FeedbackService:
+    def __init__(self, database: Database, max_chars: int) -> None:
+        self.database = database
+        self.max_chars = max_chars
+
+    def submit(
+        self,
+        user: User,
+        message_id: object,
+        *,
+        thumb: object = None,
+        rating: object = None,
+        reasons: object = None,
+        comment: object = None,
+        correction: object = None,
+    ) -> FeedbackResult:
+        thumb = clean_choice(thumb, "thumb", THUMBS)
+        rating = clean_rating(rating)
+        reasons = self._reasons(reasons)
+        comment = clean_text(comment, "comment", self.max_chars)
+        corrected = clean_text(correction, "correction", self.max_chars)
+        if thumb is None and rating is None and corrected is None:
+            raise InvalidRequest("Give at least one of thumb, rating or correction.")
+        message = visible_answer(self.database, user, message_id)
+        if corrected is not None and corrected == message["content"].strip():
+            raise InvalidRequest("The correction is the same as the answer; change it to what it should say.")
+
+        with self.database.write():
+            feedback_id = correction_id = None
+            if thumb is not None or rating is not None or comment is not None or reasons:
+                if not self._repeats_feedback(message["id"], user.id, thumb, rating, reasons, comment):
+                    feedback_id = store.add_feedback(
+                        self.database,
+                        message=message,
+                        user_id=user.id,
+                        thumb=thumb,
+                        rating=rating,
+                        reasons=reasons,
+                        comment=comment,
+                    )
+                    audit.record(self.database, user.name, "feedback.add", f"message:{message['id']}", thumb=thumb)
+            if corrected is not None:
+                latest = store.latest_correction(self.database, message["id"])
+                if latest is None or latest["corrected"] != corrected:
+                    correction_id = store.add_correction(
+                        self.database,
+                        message=message,
+                        user_id=user.id,
+                        context=conversations.prompt_for(self.database, message),
+                        corrected=corrected,
+                    )
+                    audit.record(self.database, user.name, "correction.add", f"message:{message['id']}")
+            if feedback_id is None and correction_id is None:
+                raise Conflict("This feedback was already recorded.")
+        return FeedbackResult(message_id=message["id"], feedback_id=feedback_id, correction_id=correction_id)
+
+    def _reasons(self, reasons: object) -> list[str]:
+        if reasons is None:
+            return []
+        if not isinstance(reasons, list) or any(r not in REASONS for r in reasons):
+            raise InvalidRequest(f"reasons must be a list drawn from: {', '.join(REASONS)}.")
+        return sorted(set(reasons))
+
+    def _repeats_feedback(self, message_id: int, user_id: int, thumb, rating, reasons, comment) -> bool:
+        last = store.latest_feedback_by(self.database, message_id, user_id)
+        if last is None:
+            return False
+        return (last["thumb"], last["rating"], json.loads(last["reasons"] or "[]"), last["comment"]) == (
+            thumb,
+            rating,
+            reasons,
+            comment,
+        )

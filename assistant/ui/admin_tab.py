@@ -1,0 +1,155 @@
+"""The Admin tab: training data and exports, Q&A import, reviewer agreement and adjudication, users, audit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gradio as gr
+
+from assistant import auth
+from assistant.errors import HoneError
+from assistant.importer import import_qa
+from assistant.services import Hone
+from assistant.store import audit, users
+from assistant.ui.common import guard, ui_error
+from assistant.ui.render import counts_line, review_item
+from assistant.ui.review_tab import VERDICT_LABELS
+from training import examples
+
+EXPORT_LINKS = " · ".join(f'<a href="/v1/export/{k}" download="{k}.jsonl">{k}.jsonl</a>' for k in examples.KINDS)
+
+
+def build_admin_tab(hone: Hone) -> gr.Tab:
+    with gr.Tab("Admin", id="admin", visible=False) as tab:
+        with gr.Accordion("Training data", open=True):
+            counts = gr.Markdown(elem_id="admin-counts")
+            gr.HTML(f"Download (TRL formats): {EXPORT_LINKS}")
+            with gr.Row():
+                qa_file = gr.File(label="Import Q&A pairs (JSONL of {question, answer})", file_types=[".jsonl"])
+                import_button = gr.Button("Import as approved answers", elem_id="admin-import")
+            import_report = gr.JSON(label="Import report", elem_id="admin-import-report")
+        with gr.Accordion("Reviewer agreement and adjudication", open=False):
+            refresh_agreement = gr.Button("Refresh")
+            reviewer_table = gr.Dataframe(headers=["reviewer", "compared", "agreement"], label="Per reviewer")
+            pair_table = gr.Dataframe(headers=["reviewers", "items", "cohen_kappa"], label="Per pair")
+            dispute = gr.Dropdown(label="Disputed answers", choices=[], elem_id="admin-disputes")
+            dispute_view = gr.Markdown()
+            with gr.Row():
+                adj_verdict = gr.Radio(VERDICT_LABELS, label="Final verdict")
+                adj_decision = gr.Radio(["approve", "reject"], label="Staff correction")
+            adj_ideal = gr.Textbox(label="Final ideal answer", lines=3)
+            adjudicate = gr.Button("Adjudicate", variant="primary")
+            adj_status = gr.Markdown()
+        with gr.Accordion("Users", open=False):
+            user_table = gr.Dataframe(headers=["name", "role", "disabled", "created_at"], label="Users")
+            with gr.Row():
+                user_name = gr.Textbox(label="Name")
+                user_role = gr.Radio(list(auth.ROLE_RANK), label="Role", value="staff")
+            with gr.Row():
+                add_user = gr.Button("Add user")
+                change_role = gr.Button("Set role")
+                disable_user = gr.Button("Disable")
+                enable_user = gr.Button("Enable")
+            user_status = gr.Markdown()
+        with gr.Accordion("Audit log", open=False):
+            audit_table = gr.Dataframe(headers=["at", "actor", "action", "target", "details"], label="Latest 200")
+
+    def overview(request: gr.Request):
+        guard(hone, request, "admin")
+        return counts_line(examples.counts(hone.database)), _users(), _audit()
+
+    def do_import(path: str | None, request: gr.Request):
+        admin = guard(hone, request, "admin")
+        if not path:
+            raise gr.Error("Choose a JSONL file first.")
+        try:
+            with open(path, encoding="utf-8") as lines:
+                report = import_qa(hone.database, admin, lines, Path(path).name, hone.settings.max_message_chars)
+        except UnicodeDecodeError as exc:
+            raise gr.Error("The file is not UTF-8 text.") from exc
+        return report, counts_line(examples.counts(hone.database))
+
+    def agreement(request: gr.Request):
+        guard(hone, request, "admin")
+        result = hone.review.agreement()
+        reviewers = [[r["reviewer"], r["compared"], r["agreement"]] for r in result["reviewers"]]
+        pairs = [[" & ".join(p["reviewers"]), p["items"], p["cohen_kappa"]] for p in result["pairs"]]
+        choices = [
+            (f"#{d['message_id']}: " + ", ".join(f"{k} → {v}" for k, v in d["verdicts"].items()), d["message_id"])
+            for d in result["disputes"]
+        ]
+        return reviewers, pairs, gr.update(choices=choices, value=None)
+
+    def show_dispute(message_id, request: gr.Request):
+        admin = guard(hone, request, "admin")
+        if message_id is None:
+            return ""
+        item = hone.review.item(admin, int(message_id))
+        lines = [review_item(item), "**Reviews**"]
+        for r in item["reviews"]:
+            lines.append(
+                f"- {r['reviewer']} ({r['kind']}): verdict {r['verdict']}, rating {r['rating']}, "
+                f"correction {r['correction_decision']}, ideal: {json.dumps(r['ideal_answer'])}"
+            )
+        return "\n".join(lines)
+
+    def do_adjudicate(message_id, verdict, decision, ideal, request: gr.Request):
+        admin = guard(hone, request, "admin")
+        if message_id is None:
+            raise gr.Error("Choose a disputed answer first.")
+        try:
+            hone.review.adjudicate(
+                admin,
+                int(message_id),
+                verdict=verdict or None,
+                correction=decision or None,
+                ideal_answer=ideal if ideal and ideal.strip() else None,
+            )
+        except HoneError as exc:
+            raise ui_error(exc) from exc
+        return f"Adjudicated answer #{message_id}."
+
+    def _users():
+        return [[u["name"], u["role"], bool(u["disabled"]), u["created_at"]] for u in users.list_all(hone.database)]
+
+    def _audit():
+        return [[a["at"], a["actor"], a["action"], a["target"], a["details"]] for a in audit.recent(hone.database, 200)]
+
+    def user_action(action: str):
+        def run(name: str, role: str, request: gr.Request):
+            admin = guard(hone, request, "admin")
+            name = (name or "").strip()
+            try:
+                if action == "add":
+                    created = auth.create_user(hone.database, name, role, actor=admin.name)
+                    note = (
+                        f"Created **{name}** ({role}). Password: `{created['password']}` · "
+                        f"API key: `{created['api_key']}` (shown once)."
+                    )
+                elif action == "role":
+                    auth.set_role(hone.database, name, role, actor=admin.name)
+                    note = f"{name} is now {role}."
+                else:
+                    auth.set_disabled(hone.database, name, action == "disable", actor=admin.name)
+                    note = f"{name} {action}d."
+            except HoneError as exc:
+                raise ui_error(exc) from exc
+            return note, _users(), _audit()
+
+        return run
+
+    overview_outputs = [counts, user_table, audit_table]
+    tab.select(overview, None, overview_outputs, api_name="admin_overview")
+    import_button.click(do_import, [qa_file], [import_report, counts], api_name="import_qa")
+    refresh_agreement.click(agreement, None, [reviewer_table, pair_table, dispute], api_name="agreement")
+    dispute.change(show_dispute, [dispute], [dispute_view], api_name=False)
+    adjudicate.click(
+        do_adjudicate, [dispute, adj_verdict, adj_decision, adj_ideal], [adj_status], api_name="adjudicate"
+    )
+    user_inputs, user_outputs = [user_name, user_role], [user_status, user_table, audit_table]
+    add_user.click(user_action("add"), user_inputs, user_outputs, api_name="add_user")
+    change_role.click(user_action("role"), user_inputs, user_outputs, api_name="set_role")
+    disable_user.click(user_action("disable"), user_inputs, user_outputs, api_name="disable_user")
+    enable_user.click(user_action("enable"), user_inputs, user_outputs, api_name="enable_user")
+    return tab

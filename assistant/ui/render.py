@@ -1,0 +1,50 @@
+"""Markdown views of core records for the UI (presentation only)."""
+
+from __future__ import annotations
+
+import html
+
+PRIORITY_NOTES = {0: "flagged by staff", 1: "sampled", 2: "second opinion"}
+
+
+def quote(text: str) -> str:
+    """User text shown verbatim-ish: escaped, so nobody's message can inject markup into a reviewer's page."""
+    return html.escape(text or "").replace("\n", "  \n") or "_(empty)_"
+
+
+def review_item(item: dict | None, waiting: int | None = None) -> str:
+    if item is None:
+        return "### The queue is empty\nNothing waits for your review. New answers appear here as staff chat."
+    head = f"### Answer #{item['message_id']} · version `{item['version']}`"
+    if item.get("priority") is not None:
+        head += f" · {PRIORITY_NOTES.get(item['priority'], '')}"
+    if waiting is not None:
+        head += f" · {waiting} more waiting"
+    parts = [head, "**Conversation so far**"]
+    for m in item["context"]:
+        parts.append(f"> **{m['role']}:** {quote(m['content'])}")
+    parts.append(f"**Answer given**\n\n> {quote(item['answer'])}")
+    for f in item["feedback"]:
+        bits = ["👍" if f["thumb"] == "up" else "👎" if f["thumb"] == "down" else ""]
+        if f["rating"]:
+            bits.append(f"rating {f['rating']}/5")
+        if f["reasons"]:
+            bits.append(", ".join(r.replace("_", " ") for r in f["reasons"]))
+        if f["comment"]:
+            bits.append(f"“{quote(f['comment'])}”")
+        parts.append(f"- feedback from **{html.escape(f['author'])}**: {' · '.join(b for b in bits if b)}")
+    correction = item.get("correction")
+    if correction:
+        parts.append(
+            f"**Correction by {html.escape(correction['author'])} ({correction['author_role']})**\n\n"
+            f"> {quote(correction['text'])}"
+        )
+    return "\n\n".join(parts)
+
+
+def counts_line(counts: dict) -> str:
+    return (
+        f"**Training data now:** {counts['sft']} SFT rows · {counts['dpo']} DPO pairs · {counts['kto']} KTO rows"
+        f" — held back: {counts['disputed']} disputed, {counts['pending_corrections']} corrections awaiting review,"
+        f" {counts['rejected_corrections']} rejected"
+    )

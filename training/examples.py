@@ -1,0 +1,127 @@
+"""What becomes training data: the rules that turn judgements into SFT, DPO and KTO rows.
+
+For each answer, the deciding judgement is an admin's adjudication if there is one; otherwise the
+reviewers' current reviews (each reviewer's latest), provided they agree. Then:
+
+- SFT (prompt, completion): the ideal answer (the most recent one written, imports included), else the
+  staff correction a reviewer approved. Rejected or undecided corrections never train.
+- DPO (prompt, chosen, rejected): that same target as chosen, the model's original answer as rejected,
+  when the original is non-empty and differs.
+- KTO (prompt, completion, label): the original answer labelled by its thumbs (each person's latest
+  thumb; the majority decides; a tie gives no row). Thumbs are users' judgements, so they count even
+  when reviewers disagree.
+- Answers whose reviewers disagree train nothing (SFT/DPO) until an admin adjudicates.
+
+Rows use TRL's conversational formats: `prompt` is the conversation up to the answer as a list of
+messages, completions are one assistant message.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from assistant.review import disagree
+from assistant.store import Database, conversations, reviews
+from assistant.store import feedback as feedback_store
+
+KINDS = ("sft", "dpo", "kto")
+
+
+@dataclass(frozen=True)
+class Example:
+    message_id: int
+    kind: str  # sft | dpo | kto
+    row: dict  # exactly what TRL reads
+
+
+@dataclass(frozen=True)
+class Decision:
+    target: str | None  # what the answer should have said
+    disputed: bool
+    rejected_correction: bool
+
+
+def decide(judgements: list[dict], database: Database) -> Decision:
+    """The deciding judgement of one answer from its current reviews (all kinds)."""
+    adjudications = [r for r in judgements if r["kind"] == "adjudication"]
+    if adjudications:
+        deciding = adjudications[-1:]
+    else:
+        deciding = [r for r in judgements if r["kind"] in ("review", "import")]
+        if disagree([r for r in deciding if r["kind"] == "review"]):
+            return Decision(target=None, disputed=True, rejected_correction=False)
+    ideal = next((r["ideal_answer"] for r in reversed(deciding) if r["ideal_answer"]), None)
+    approved = [r["correction_id"] for r in deciding if r["correction_decision"] == "approve"]
+    rejected = any(r["correction_decision"] == "reject" for r in deciding)
+    target = ideal
+    if target is None and approved:
+        target = feedback_store.correction(database, max(approved))["corrected"]
+    return Decision(target=target, disputed=False, rejected_correction=rejected)
+
+
+def build_examples(database: Database) -> dict[str, list[Example]]:
+    out: dict[str, list[Example]] = {kind: [] for kind in KINDS}
+    by_message: dict[int, list[dict]] = defaultdict(list)
+    for r in reviews.current_reviews(database):
+        by_message[r["message_id"]].append(r)
+
+    for message_id, judgements in sorted(by_message.items()):
+        decision = decide(judgements, database)
+        if decision.target is None:
+            continue
+        message = conversations.message(database, message_id)
+        prompt = conversations.prompt_for(database, message)
+        chosen = [{"role": "assistant", "content": decision.target}]
+        out["sft"].append(Example(message_id, "sft", {"prompt": prompt, "completion": chosen}))
+        original = message["content"].strip()
+        if original and original != decision.target.strip():
+            rejected = [{"role": "assistant", "content": message["content"]}]
+            out["dpo"].append(Example(message_id, "dpo", {"prompt": prompt, "chosen": chosen, "rejected": rejected}))
+
+    for message_id, label in thumb_labels(database):
+        message = conversations.message(database, message_id)
+        if not message["content"].strip():
+            continue
+        row = {
+            "prompt": conversations.prompt_for(database, message),
+            "completion": [{"role": "assistant", "content": message["content"]}],
+            "label": label,
+        }
+        out["kto"].append(Example(message_id, "kto", row))
+    return out
+
+
+def thumb_labels(database: Database) -> list[tuple[int, bool]]:
+    """Majority of each person's latest thumb per answer; ties are left out."""
+    rows = database.query(
+        """select f.message_id, f.thumb from feedback f
+           where f.thumb is not null and f.id = (
+             select max(g.id) from feedback g
+             where g.message_id = f.message_id and g.user_id = f.user_id and g.thumb is not null)
+           order by f.message_id"""
+    )
+    votes: dict[int, int] = defaultdict(int)
+    for r in rows:
+        votes[r["message_id"]] += 1 if r["thumb"] == "up" else -1
+    return [(message_id, score > 0) for message_id, score in votes.items() if score != 0]
+
+
+def counts(database: Database) -> dict:
+    """How much training data the feedback holds right now, and what is held back."""
+    examples = build_examples(database)
+    by_message: dict[int, list[dict]] = defaultdict(list)
+    for r in reviews.current_reviews(database):
+        by_message[r["message_id"]].append(r)
+    decisions = [decide(j, database) for j in by_message.values()]
+    pending = database.one(
+        """select count(*) as n from corrections c
+           where not exists (select 1 from corrections n where n.supersedes = c.id)
+             and not exists (select 1 from reviews r where r.correction_id = c.id)"""
+    )["n"]
+    return {
+        **{kind: len(rows) for kind, rows in examples.items()},
+        "disputed": sum(d.disputed for d in decisions),
+        "rejected_corrections": sum(d.rejected_correction for d in decisions),
+        "pending_corrections": pending,
+    }
