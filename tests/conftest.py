@@ -145,7 +145,8 @@ def start_server(workdir: Path, base_model: str, **extra_env: str) -> RunningSer
 @pytest.fixture(scope="session")
 def bundled_server(tmp_path_factory, bundled_model_dir):
     """The real app on the real bundled model, shared by the integration and browser tests."""
-    server = start_server(tmp_path_factory.mktemp("server"), str(bundled_model_dir))
+    # greedy by default, so what the browser tests see does not depend on sampling
+    server = start_server(tmp_path_factory.mktemp("server"), str(bundled_model_dir), ASSISTANT_DEFAULT_TEMPERATURE="0")
     yield server
     server.stop()
 
@@ -197,3 +198,13 @@ def tiny_server(tmp_path_factory, tiny_model_dir, tiny_engine):
     )
     with ThreadServer(create_app(settings, engine=tiny_engine), free_port()) as server:
         yield server
+
+
+def ui_client(url: str, name: str, password: str):
+    """A gradio_client signed in through the login form, as a browser would be."""
+    import httpx
+    from gradio_client import Client
+
+    login = httpx.post(url + "/login", data={"username": name, "password": password})
+    assert login.status_code == 303, login.text
+    return Client(url + "/", headers={"Cookie": f"hone_session={login.cookies['hone_session']}"}, verbose=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -91,3 +92,109 @@ def test_wrong_password_shows_an_error(browser, bundled_server):
     page.fill("input[name=password]", "wrong-password")
     page.click("button[type=submit]")
     assert "Wrong user name or password" in page.inner_text("[role=alert]")
+
+
+SHOTS = __import__("pathlib").Path(__file__).resolve().parent.parent / "test-results" / "screenshots"
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_staff_thumbs_down_and_corrects_then_a_reviewer_approves(browser, bundled_server):
+    staff = make_user(bundled_server, "browser-fb-staff", "staff")
+    page = sign_in(browser, bundled_server, staff)
+    page.fill("#message textarea", "What is the capital of France?")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#chatbot :text('answered by base')", timeout=60_000)
+
+    page.get_by_text("Feedback on an answer").click()
+    page.locator("#feedback-thumb label", has_text="bad").click()
+    page.locator("#feedback-reasons label", has_text="incomplete").click()
+    page.get_by_role("button", name="Correct this answer").click()
+    page.wait_for_function("document.querySelector('#feedback-correction textarea').value.includes('Paris')")
+    page.fill("#feedback-correction textarea", "The capital of France is Paris, on the Seine.")
+    page.get_by_role("button", name="Send feedback").click()
+    page.wait_for_selector("#feedback-status :text('is saved')", timeout=30_000)
+    shot(page, "chat-feedback")
+
+    reviewer = make_user(bundled_server, "browser-fb-reviewer", "reviewer")
+    page = sign_in(browser, bundled_server, reviewer)
+    page.get_by_role("tab", name="Review").click()
+    page.wait_for_selector("#review-item :text('on the Seine')", timeout=30_000)
+    assert "browser-fb-staff" in page.inner_text("#review-item")
+    shot(page, "review-item")
+    page.keyboard.press("Alt+2")  # incorrect
+    page.keyboard.press("Alt+a")  # approve the correction
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector("#review-status :text('Saved your review')", timeout=30_000)
+
+    review = bundled_server_db(bundled_server).one(
+        """select r.verdict, r.correction_decision, c.corrected from reviews r
+           join corrections c on c.id = r.correction_id join users u on u.id = r.reviewer_id
+           where u.name = 'browser-fb-reviewer'"""
+    )
+    assert review == {
+        "verdict": "incorrect",
+        "correction_decision": "approve",
+        "corrected": "The capital of France is Paris, on the Seine.",
+    }
+
+
+def test_a_reviewer_clears_fifty_items_by_keyboard_alone(browser, bundled_server):
+    import httpx
+
+    staff = make_user(bundled_server, "browser-queue-staff", "staff")
+    headers = {"Authorization": f"Bearer {staff['api_key']}"}
+    for i in range(50):
+        body = {"messages": [{"role": "user", "content": f"Question number {i}?"}], "max_tokens": 3}
+        assert httpx.post(
+            bundled_server.url + "/v1/chat/completions", json=body, headers=headers, timeout=60
+        ).is_success
+    reviewer = make_user(bundled_server, "browser-queue-reviewer", "reviewer")
+    page = sign_in(browser, bundled_server, reviewer)
+    page.get_by_role("tab", name="Review").click()
+    page.wait_for_selector("#review-item :text('Answer #')", timeout=30_000)
+    database = bundled_server_db(bundled_server)
+    mine = "select count(*) as n from reviews r join users u on u.id = r.reviewer_id where u.name = ?"
+    for done in range(1, 200):
+        before = page.inner_text("#review-item")
+        if "queue is empty" in before:
+            break
+        page.keyboard.press("Alt+1")  # verdict: correct
+        page.keyboard.press("Control+Enter")  # save and take the next
+        answer_id = re.search(r"Answer #(\d+)", before).group(1)
+        page.wait_for_selector(f"#review-status :text('Saved your review of answer #{answer_id}.')", timeout=30_000)
+        assert database.one(mine, [reviewer["name"]])["n"] == done
+    shot(page, "review-queue-empty")
+    assert database.one(mine, [reviewer["name"]])["n"] >= 50
+    staff_answers = database.one(
+        """select count(*) as n from messages m join conversations c on c.id = m.conversation_id
+           join users u on u.id = c.user_id where u.name = ? and m.role = 'assistant'
+           and not exists (select 1 from reviews r where r.message_id = m.id)""",
+        [staff["name"]],
+    )
+    assert staff_answers["n"] == 0
+
+
+def test_every_tab_renders_for_an_admin(browser, bundled_server):
+    admin = make_user(bundled_server, "browser-tabs-admin", "admin")
+    page = sign_in(browser, bundled_server, admin)
+    expected = {
+        "Chat": "#chatbot",
+        "Review": "#review-counts",
+        "Compare": "text=Blind side-by-side",
+        "Admin": "#admin-counts",
+    }
+    for name, selector in expected.items():
+        page.get_by_role("tab", name=name).click()
+        page.wait_for_selector(selector, state="visible", timeout=30_000)
+        shot(page, f"tab-{name.lower()}")
+    assert "Training data now" in page.inner_text("#admin-counts")
+
+
+def bundled_server_db(server):
+    from assistant.store import Database
+
+    return Database(server.env["ASSISTANT_DB"])

@@ -34,3 +34,21 @@ def test_bad_input_exits_non_zero_with_one_line():
     missing = cli("users", "disable", "ghost")
     assert missing.returncode == 2 and "No user named 'ghost'" in missing.stderr
     assert cli("users", "add", "bad name", "--role", "staff").returncode == 2
+
+
+def test_import_qa_imports_the_shipped_medquad_file_once(tmp_path):
+    data = REPO / "data" / "medquad-train.jsonl"
+    first = cli("import-qa", str(data), "--json")
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert (report["imported"], report["duplicates"], report["errors"]) == (600, 0, [])
+    again = json.loads(cli("import-qa", str(data), "--json").stdout)
+    assert (again["imported"], again["duplicates"]) == (0, 600)
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "Q?", "answer": "A."}\n{"question": 1}\n\nnope\n')
+    report = json.loads(cli("import-qa", str(bad), "--json").stdout)
+    assert report["imported"] == 1 and [e["line"] for e in report["errors"]] == [2, 4]
+    missing = cli("import-qa", str(tmp_path / "absent.jsonl"))
+    assert missing.returncode == 2 and missing.stderr.startswith("error: cannot read")
+    assert cli("import-qa", str(data), "--as", "nobody").returncode == 2

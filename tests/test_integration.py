@@ -81,14 +81,16 @@ def test_gradio_client_logs_in_and_chats(bundled_server, staff):
     whoami, _ = client.predict(api_name="/whoami")
     assert staff["name"] in whoami
 
-    history, _, conversations = client.predict("What is the capital of France?", 0.0, 32, api_name="/chat")
+    history, _, conversations, answers = client.predict("What is the capital of France?", 0.0, 32, api_name="/chat")
     answer = history[-1]["content"][0]["text"]
     assert "Paris" in answer and "answered by base" in answer
     conversation_id = conversations["value"]
 
     # the same session continues the same conversation
-    history, _, _ = client.predict("And of Italy?", 0.0, 32, api_name="/chat")
+    history, _, _, answers_now = client.predict("And of Italy?", 0.0, 32, api_name="/chat")
     assert len(history) == 4
+    # the feedback panel offers this conversation's answers, the newest selected
+    assert len(answers_now["choices"]) == 2 and answers_now["value"] == answers_now["choices"][-1][1]
 
     rows = db_rows(
         bundled_server,

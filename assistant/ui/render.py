@@ -25,7 +25,7 @@ def review_item(item: dict | None, waiting: int | None = None) -> str:
         parts.append(f"> **{m['role']}:** {quote(m['content'])}")
     parts.append(f"**Answer given**\n\n> {quote(item['answer'])}")
     for f in item["feedback"]:
-        bits = ["👍" if f["thumb"] == "up" else "👎" if f["thumb"] == "down" else ""]
+        bits = [f"thumbs {f['thumb']}" if f["thumb"] else ""]
         if f["rating"]:
             bits.append(f"rating {f['rating']}/5")
         if f["reasons"]:

@@ -1,0 +1,63 @@
+"""The UI's feedback and review handlers through gradio_client, as the browser calls them."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import ui_client
+
+
+@pytest.fixture(scope="module")
+def clients(tiny_server):
+    made = {}
+    for name, role in (("ui-staff", "staff"), ("ui-rev", "reviewer"), ("ui-admin", "admin")):
+        tiny_server.add_user(name, role)
+        made[name] = ui_client(tiny_server.url, name, f"{name}-password")
+    return made
+
+
+def test_staff_corrects_in_the_chat_and_a_reviewer_approves_it(tiny_server, clients):
+    staff, rev, admin = clients["ui-staff"], clients["ui-rev"], clients["ui-admin"]
+    history, _, _, answers = staff.predict("Which form do I need?", 1.0, 16, api_name="/chat")
+    answer_id = answers["value"]
+    assert answer_id == tiny_server.hone.database.one("select max(id) as id from messages")["id"]
+
+    # the "Correct this answer" button starts from the stored answer
+    original = staff.predict(answer_id, api_name="/start_correction")
+    assert (
+        original == tiny_server.hone.database.one("select content from messages where id = ?", [answer_id])["content"]
+    )
+
+    status, *cleared = staff.predict(
+        answer_id, "down", 2, ["incomplete", "wrong_facts"], "missing the form", "Use form B-12.", api_name="/feedback"
+    )
+    assert "saved" in status and cleared[-1] == ""
+    fb = tiny_server.hone.database.one("select * from feedback where message_id = ?", [answer_id])
+    assert (fb["thumb"], fb["rating"], fb["reasons"], fb["version"]) == (
+        "down",
+        2,
+        '["incomplete", "wrong_facts"]',
+        "base",
+    )
+    with pytest.raises(Exception, match="already recorded"):
+        staff.predict(answer_id, "down", 2, ["incomplete", "wrong_facts"], "missing the form", "", api_name="/feedback")
+    with pytest.raises(Exception, match="Choose an answer"):
+        staff.predict(None, "up", None, [], "", "", api_name="/feedback")
+
+    # staff cannot use the review handlers
+    with pytest.raises(Exception, match="(?i)reviewer"):
+        staff.predict(api_name="/review_next")
+
+    # the reviewer's next item is the flagged answer, showing the correction
+    counts, view, *_ = rev.predict(api_name="/review_next")
+    assert f"Answer #{answer_id}" in view and "Use form B-12." in view and "missing the form" in view
+    counts, view, *_ = rev.predict("incorrect", 2, "approve", "", api_name="/review_save")
+    assert "1 SFT rows" in counts or "SFT rows" in counts
+    review = tiny_server.hone.database.one("select * from reviews where message_id = ?", [answer_id])
+    assert (review["verdict"], review["correction_decision"]) == ("incorrect", "approve")
+    assert f"Answer #{answer_id}" not in view
+
+    # the admin sees it in the overview counts and the audit log
+    counts, users, audit = admin.predict(api_name="/admin_overview")
+    assert "1 SFT rows" in counts and "1 DPO pairs" in counts
+    assert any(row[1] == "ui-rev" and row[2] == "review.review" for row in audit["data"])
