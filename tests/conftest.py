@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -208,3 +209,12 @@ def ui_client(url: str, name: str, password: str):
     login = httpx.post(url + "/login", data={"username": name, "password": password})
     assert login.status_code == 303, login.text
     return Client(url + "/", headers={"Cookie": f"hone_session={login.cookies['hone_session']}"}, verbose=False)
+
+
+def run_threads(target, count: int) -> None:
+    """Start `count` threads on target(i) at once and wait for all of them."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from assistant.store import Database
+from tests.conftest import run_threads
 
 
 class Api:
@@ -187,11 +188,7 @@ def test_sixteen_threads_lose_no_feedback(tiny_server, people):
         except Exception as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(write, 16)
     assert errors == []
     comments = {r["comment"] for r in database.query("select comment from feedback where message_id = ?", [message_id])}
     assert comments == {f"thread {i} note {j}" for i in range(16) for j in range(5)}

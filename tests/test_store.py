@@ -7,6 +7,7 @@ import threading
 
 from assistant.store import Database, audit, conversations, versions
 from assistant.store.migrations import migrations
+from tests.conftest import run_threads
 
 
 def test_migrations_create_schema_once(tmp_path):
@@ -48,11 +49,7 @@ def test_concurrent_writers_lose_nothing(tmp_path):
         except sqlite3.Error as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(writer, 8)
     assert errors == []
     assert database.one("select count(*) as n from audit_log")["n"] == 8 * 25 * 2
 

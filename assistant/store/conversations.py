@@ -44,6 +44,18 @@ def message(database: Database, message_id: int) -> dict | None:
     return database.one("select * from messages where id = ?", [message_id])
 
 
+def _new_conversation(db, user_id: int, first_text: str, version: str | None, source: str, now: str) -> int:
+    row = {
+        "user_id": user_id,
+        "title": " ".join(first_text.split())[:TITLE_CHARS],
+        "version": version,
+        "source": source,
+        "created_at": now,
+        "updated_at": now,
+    }
+    return db["conversations"].insert(row).last_pk
+
+
 def start_turn(
     database: Database,
     *,
@@ -63,19 +75,7 @@ def start_turn(
     with database.write() as db:
         if conversation_id is None:
             first_user = next((m["content"] for m in new_messages if m["role"] == "user"), "")
-            conversation_id = (
-                db["conversations"]
-                .insert(
-                    {
-                        "user_id": user_id,
-                        "title": " ".join(first_user.split())[:TITLE_CHARS],
-                        "version": version,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                )
-                .last_pk
-            )
+            conversation_id = _new_conversation(db, user_id, first_user, version, "chat", now)
         else:
             db["conversations"].update(conversation_id, {"updated_at": now})
         for m in new_messages:
@@ -142,20 +142,7 @@ def add_imported(database: Database, *, user_id: int, question: str, source: str
     """An imported question as its own conversation, with an empty answer slot that a review fills."""
     now = utcnow()
     with database.write() as db:
-        conversation_id = (
-            db["conversations"]
-            .insert(
-                {
-                    "user_id": user_id,
-                    "title": " ".join(question.split())[:TITLE_CHARS],
-                    "version": None,
-                    "source": "import",
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
-            .last_pk
-        )
+        conversation_id = _new_conversation(db, user_id, question, None, "import", now)
         db["messages"].insert(
             {
                 "conversation_id": conversation_id,
