@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -22,7 +23,7 @@ from assistant.importer import import_qa
 from assistant.review import VERDICTS
 from assistant.services import Hone
 from assistant.store import audit, conversations, users, versions
-from training import examples
+from training import examples, jobs, registry
 
 
 class ChatMessageIn(BaseModel):
@@ -69,6 +70,16 @@ class ReviewIn(BaseModel):
     verdict: Any = Field(None, description=f"one of {', '.join(VERDICTS)}")
     ideal_answer: Any = None
     correction: Any = Field(None, description="'approve' or 'reject' the answer's latest correction")
+
+
+class TrainingRunIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    config: dict[str, Any] = Field(default_factory=dict, description="overrides of the training config")
+
+
+class ReasonIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(..., min_length=1, max_length=2000)
 
 
 class StopResult(BaseModel):
@@ -283,6 +294,44 @@ def build_api(hone: Hone) -> APIRouter:
             raise InvalidRequest("The body must be UTF-8 JSONL.") from exc
         lines = text.splitlines()
         return await run_in_threadpool(import_qa, hone.database, admin, lines, source, hone.settings.max_message_chars)
+
+    @router.post("/v1/training/runs", tags=["training"], status_code=202)
+    def start_training(body: TrainingRunIn, admin: Admin) -> dict:
+        return jobs.start(hone.database, hone.settings, admin.name, body.config)
+
+    @router.get("/v1/training/runs", tags=["training"])
+    def training_runs(admin: Admin) -> dict:
+        jobs.reap(hone.database, hone.settings)
+        return {"data": jobs.list_recent(hone.database)}
+
+    @router.get("/v1/training/runs/{job_id}", tags=["training"])
+    def training_run(job_id: int, admin: Admin) -> dict:
+        jobs.reap(hone.database, hone.settings)
+        return {**jobs.get(hone.database, job_id), "losses": jobs.losses(hone.database, job_id)}
+
+    @router.post("/v1/training/runs/{job_id}/cancel", tags=["training"])
+    def cancel_training(job_id: int, admin: Admin) -> dict:
+        return jobs.cancel(hone.database, hone.settings, job_id, admin.name)
+
+    @router.get("/v1/versions", tags=["versions"])
+    def list_versions(admin: Admin) -> dict:
+        return {"data": [registry.version_record(r) for r in versions.list_all(hone.database)]}
+
+    @router.get("/v1/versions/{version_id}", tags=["versions"])
+    def show_version(version_id: str, admin: Admin) -> dict:
+        row = versions.get(hone.database, version_id)
+        if row is None:
+            raise NotFound(f"No version {version_id!r}.")
+        card = Path(row["card_path"]).read_text() if row.get("card_path") else None
+        return {**registry.version_record(row), "model_card": card}
+
+    @router.post("/v1/versions/rollback", tags=["versions"])
+    def rollback_version(body: ReasonIn, admin: Admin) -> dict:
+        return registry.rollback(hone.database, admin.name, body.reason)
+
+    @router.post("/v1/versions/{version_id}/promote", tags=["versions"])
+    def promote_version(version_id: str, body: ReasonIn, admin: Admin) -> dict:
+        return registry.promote(hone.database, version_id, admin.name, body.reason)
 
     return router
 

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
         20, ge=0, le=100, description="share of reviewed answers offered to a second reviewer (for agreement)"
     )
 
+    pii_patterns: dict[str, str] = Field(
+        default_factory=dict, description='extra PII regexes for the training gate, JSON: {"ENTITY": "regex"}'
+    )
+
     session_hours: float = Field(12.0, gt=0, description="browser sessions expire after this")
     secure_cookies: bool = Field(False, description="set Secure on cookies (serve over TLS)")
     login_max_failures: int = Field(5, ge=1, description="failed logins before a lockout")

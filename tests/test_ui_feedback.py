@@ -58,6 +58,6 @@ def test_staff_corrects_in_the_chat_and_a_reviewer_approves_it(tiny_server, clie
     assert f"Answer #{answer_id}" not in view
 
     # the admin sees it in the overview counts and the audit log
-    counts, users, audit = admin.predict(api_name="/admin_overview")
+    counts, users, audit, *_ = admin.predict(api_name="/admin_overview")
     assert "1 SFT rows" in counts and "1 DPO pairs" in counts
     assert any(row[1] == "ui-rev" and row[2] == "review.review" for row in audit["data"])

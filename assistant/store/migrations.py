@@ -194,3 +194,42 @@ def m002_feedback_and_review(db: sqlite_utils.Database) -> None:
         foreign_keys=[("message_id", "messages", "id")],
         not_null={"message_id", "created_at"},
     )
+
+
+@migrations()
+def m003_training(db: sqlite_utils.Database) -> None:
+    db["jobs"].create(
+        {
+            "id": int,
+            "kind": str,  # train
+            "status": str,  # queued | running | succeeded | failed | cancelled
+            "created_by": str,
+            "created_at": str,
+            "started_at": str,
+            "finished_at": str,
+            "pid": int,
+            "config": str,  # JSON: the resolved training config
+            "progress": str,  # JSON: phase, step, total, loss, eta_s
+            "error": str,
+            "version": str,  # the version it registered
+        },
+        pk="id",
+        not_null={"kind", "status", "created_by", "created_at"},
+    )
+    db["training_log"].create(
+        {"id": int, "job_id": int, "phase": str, "step": int, "loss": float, "at": str},
+        pk="id",
+        foreign_keys=[("job_id", "jobs", "id")],
+        not_null={"job_id", "phase", "step", "at"},
+    )
+    db["training_log"].create_index(["job_id", "id"])
+    for column, kind in (
+        ("job_id", int),
+        ("created_by", str),
+        ("config", str),  # JSON
+        ("snapshot_hash", str),
+        ("counts", str),  # JSON
+        ("metrics", str),  # JSON
+        ("card_path", str),
+    ):
+        db["versions"].add_column(column, kind)

@@ -6,16 +6,18 @@ import json
 from pathlib import Path
 
 import gradio as gr
+import pandas as pd
 
 from assistant import auth
 from assistant.errors import HoneError
 from assistant.importer import import_qa
 from assistant.services import Hone
-from assistant.store import audit, users
+from assistant.store import audit, users, versions
 from assistant.ui.common import guard, ui_error
 from assistant.ui.render import counts_line, review_item
 from assistant.ui.review_tab import VERDICT_LABELS
-from training import examples
+from training import examples, jobs, registry
+from training.config import parse_overrides
 
 EXPORT_LINKS = " · ".join(f'<a href="/v1/export/{k}" download="{k}.jsonl">{k}.jsonl</a>' for k in examples.KINDS)
 
@@ -29,6 +31,29 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
                 qa_file = gr.File(label="Import Q&A pairs (JSONL of {question, answer})", file_types=[".jsonl"])
                 import_button = gr.Button("Import as approved answers", elem_id="admin-import")
             import_report = gr.JSON(label="Import report", elem_id="admin-import-report")
+        with gr.Accordion("Retraining and versions", open=True):
+            with gr.Row():
+                retrain = gr.Button("Retrain now", variant="primary", elem_id="admin-retrain")
+                cancel_run = gr.Button("Cancel run", elem_id="admin-cancel")
+            overrides = gr.Textbox(
+                label="Config overrides (KEY=VALUE, one per line; see the README for keys)",
+                lines=2,
+                elem_id="admin-overrides",
+            )
+            run_status = gr.Markdown(elem_id="admin-run-status")
+            loss_plot = gr.LinePlot(x="step", y="loss", color="phase", label="Training loss", elem_id="admin-loss")
+            versions_table = gr.Dataframe(
+                headers=["id", "status", "parent", "created_by", "created_at", "snapshot", "sft", "dpo"],
+                label="Versions (lineage)",
+            )
+            with gr.Row():
+                version_pick = gr.Textbox(label="Version", elem_id="admin-version")
+                reason = gr.Textbox(label="Reason (audited)", elem_id="admin-reason")
+            with gr.Row():
+                promote = gr.Button("Promote")
+                rollback = gr.Button("Roll back current")
+            version_status = gr.Markdown()
+            poll = gr.Timer(2.0, active=False)  # started when an admin opens this tab
         with gr.Accordion("Reviewer agreement and adjudication", open=False):
             refresh_agreement = gr.Button("Refresh")
             reviewer_table = gr.Dataframe(headers=["reviewer", "compared", "agreement"], label="Per reviewer")
@@ -57,7 +82,8 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
 
     def overview(request: gr.Request):
         guard(hone, request, "admin")
-        return counts_line(examples.counts(hone.database)), _users(), _audit()
+        view = training_view()
+        return counts_line(examples.counts(hone.database)), _users(), _audit(), *view, gr.Timer(active=True)
 
     def do_import(path: str | None, request: gr.Request):
         admin = guard(hone, request, "admin")
@@ -139,7 +165,89 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
 
         return run
 
-    overview_outputs = [counts, user_table, audit_table]
+    def training_view():
+        jobs.reap(hone.database, hone.settings)
+        recent = jobs.list_recent(hone.database, 1)
+        status, plot = "No training run yet.", None
+        if recent:
+            job = recent[0]
+            p = job["progress"]
+            status = f"**Run {job['id']}: {job['status']}** · {p.get('phase', '')}"
+            if p.get("total"):
+                status += f" · step {p['step']}/{p['total']} · loss {p['loss']:.4f} · ETA {p.get('eta_s') or 0:.0f} s"
+            if job["version"]:
+                status += f" · registered **{job['version']}**"
+            if job["error"]:
+                status += f" · {job['error']}"
+            plot = pd.DataFrame(jobs.losses(hone.database, job["id"]) or [], columns=["phase", "step", "loss", "at"])
+        rows = []
+        for v in versions.list_all(hone.database):
+            c = json.loads(v["counts"] or "{}")
+            rows.append(
+                [
+                    v["id"],
+                    v["status"],
+                    v["parent"],
+                    v["created_by"],
+                    v["created_at"],
+                    (v["snapshot_hash"] or "")[:12],
+                    c.get("sft_train"),
+                    c.get("dpo_train"),
+                ]
+            )
+        return status, plot, rows
+
+    def refresh_training(request: gr.Request):
+        guard(hone, request, "admin")
+        return training_view()
+
+    def start_run(text: str, request: gr.Request):
+        admin = guard(hone, request, "admin")
+        try:
+            jobs.start(hone.database, hone.settings, admin.name, parse_overrides((text or "").split()))
+        except HoneError as exc:
+            raise ui_error(exc) from exc
+        return training_view()
+
+    def cancel_latest(request: gr.Request):
+        admin = guard(hone, request, "admin")
+        recent = jobs.list_recent(hone.database, 1)
+        if not recent:
+            raise gr.Error("No training run to cancel.")
+        try:
+            jobs.cancel(hone.database, hone.settings, recent[0]["id"], admin.name)
+        except HoneError as exc:
+            raise ui_error(exc) from exc
+        return training_view()
+
+    def version_action(action: str):
+        def run(version_id: str, why: str, request: gr.Request):
+            admin = guard(hone, request, "admin")
+            if not (why or "").strip():
+                raise gr.Error("Give a reason: it goes to the audit log.")
+            try:
+                if action == "promote":
+                    row = registry.promote(hone.database, (version_id or "").strip(), admin.name, why.strip())
+                else:
+                    row = registry.rollback(hone.database, admin.name, why.strip())
+            except HoneError as exc:
+                raise ui_error(exc) from exc
+            return f"**{row['id']}** is now current.", *training_view()
+
+        return run
+
+    training_outputs = [run_status, loss_plot, versions_table]
+    retrain.click(start_run, [overrides], training_outputs, api_name="retrain")
+    cancel_run.click(cancel_latest, None, training_outputs, api_name="cancel_training")
+    poll.tick(refresh_training, None, training_outputs, api_name=False, show_progress="hidden")
+    promote.click(
+        version_action("promote"), [version_pick, reason], [version_status, *training_outputs], api_name="promote"
+    )
+    rollback.click(
+        version_action("rollback"), [version_pick, reason], [version_status, *training_outputs], api_name="rollback"
+    )
+
+    overview_outputs = [counts, user_table, audit_table, *training_outputs, poll]
     tab.select(overview, None, overview_outputs, api_name="admin_overview")
     import_button.click(do_import, [qa_file], [import_report, counts], api_name="import_qa")
     refresh_agreement.click(agreement, None, [reviewer_table, pair_table, dispute], api_name="agreement")

@@ -1,0 +1,256 @@
+"""Retraining: dataset rules, the LoRA trainer on a tiny model, runs as jobs, the registry and its refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from assistant import auth
+from assistant.feedback import FeedbackService
+from assistant.importer import import_qa
+from assistant.review import ReviewService
+from assistant.store import Database, conversations
+from tests.conftest import REPO
+from training import datasets, jobs, registry
+from training.config import TrainConfig, load_config
+
+SECRET_EMAIL = "jane.doe@example.org"
+SECRET_PHONE = "+44 20 7946 0958"
+
+
+def user(database: Database, name: str, role: str) -> auth.User:
+    created = auth.create_user(database, name, role)
+    return auth.User(id=created["id"], name=name, role=role)
+
+
+def answered(database: Database, owner: auth.User, question: str, answer: str) -> int:
+    """A stored chat turn, as the chat service leaves it."""
+    _, message_id = conversations.start_turn(
+        database,
+        user_id=owner.id,
+        conversation_id=None,
+        new_messages=[{"role": "user", "content": question}],
+        version="base",
+        temperature=0.0,
+    )
+    conversations.finish_answer(
+        database,
+        message_id,
+        content=answer,
+        status="complete",
+        finish_reason="stop",
+        prompt_tokens=5,
+        completion_tokens=5,
+        latency_ms=1.0,
+        first_token_ms=1.0,
+    )
+    return message_id
+
+
+@pytest.fixture
+def seeded(settings):
+    database = Database(settings.db)
+    admin = user(database, "boss", "admin")
+    staff = user(database, "carol.smith", "staff")
+    reviewer = user(database, "rita", "reviewer")
+    feedback = FeedbackService(database, 8000)
+    review = ReviewService(database, max_chars=8000, claim_minutes=10, second_opinion_percent=0)
+    lines = [json.dumps({"question": f"What is topic {i}?", "answer": f"Topic {i} is a thing."}) for i in range(30)]
+    import_qa(database, admin, lines, "test", 8000)
+    for _ in range(2):  # the same correction in two conversations: one row survives dedup
+        message_id = answered(database, staff, "How do I reach support?", "No idea.")
+        feedback.submit(
+            staff,
+            message_id,
+            thumb="down",
+            correction=f"Email {SECRET_EMAIL} or call {SECRET_PHONE}; ask for carol.smith.",
+        )
+        review.submit(reviewer, message_id, verdict="incorrect", correction="approve")
+    return database
+
+
+def test_build_splits_by_conversation_dedups_and_redacts_pii(settings, seeded):
+    from training.pii import PiiGate
+
+    config = TrainConfig(validation_percent=30)
+    gate = PiiGate(names=["carol.smith", "rita", "boss"])
+    build = datasets.build(seeded, config, system_prompt="SYSTEM", gate=gate)
+    everything = json.dumps(
+        [build.sft_train, build.sft_validation, build.dpo_train, build.dpo_validation, build.kto_train]
+    )
+    assert SECRET_EMAIL not in everything and SECRET_PHONE not in everything and "carol.smith" not in everything
+    assert "<EMAIL_ADDRESS>" in everything
+    pii = build.snapshot["pii"]
+    assert pii["rows_redacted"] >= 1 and pii["redactions"]["EMAIL_ADDRESS"] >= 1
+    assert SECRET_EMAIL not in json.dumps(build.snapshot)
+    # 30 imports + 1 correction (its twin is a duplicate once both are redacted the same way)
+    assert build.counts["sft_train"] + build.counts["sft_validation"] == 31
+    assert build.counts["dpo_train"] + build.counts["dpo_validation"] == 1
+    assert build.counts["duplicates_dropped"] == 3  # the SFT, DPO and KTO twins
+    # no conversation on both sides
+    sides: dict[int, set[str]] = {}
+    for row in build.snapshot["rows"]:
+        conversation = conversations.message(seeded, row["message_id"])["conversation_id"]
+        sides.setdefault(conversation, set()).add(row["split"])
+    assert all(len(s) == 1 for s in sides.values())
+    assert 0 < build.counts["sft_validation"] < 31
+    # the system prompt is the one served; the replay set is mixed in
+    assert all(r["prompt"][0] == {"role": "system", "content": "SYSTEM"} for r in build.sft_train)
+    assert build.counts["replay"] == round(0.25 * build.counts["sft_train"])
+    # deterministic
+    again = datasets.build(seeded, config, system_prompt="SYSTEM", gate=gate)
+    assert again.snapshot["hash"] == build.snapshot["hash"] and again.sft_train == build.sft_train
+
+
+def test_tiny_lora_run_changes_the_adapter_and_not_the_base(settings, seeded, tiny_model_dir, tmp_path):
+    from training.train import train
+
+    build = datasets.build(seeded, TrainConfig(), system_prompt="SYSTEM", gate=None)
+    base_before = load_file(tiny_model_dir / "model.safetensors")
+    progress = []
+    report = train(
+        str(tiny_model_dir),
+        build,
+        TrainConfig(max_steps=2, batch_size=4, learning_rate=1e-2),
+        tmp_path / "adapter",
+        lambda *step: progress.append(step),
+    )
+    assert [p["phase"] for p in report["phases"]] == ["sft", "dpo"]
+    adapter = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    lora_b = [t for name, t in adapter.items() if "lora_B" in name]
+    assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # LoRA B starts at zero: training moved it
+    base_after = load_file(tiny_model_dir / "model.safetensors")
+    assert all(torch.equal(base_before[k], base_after[k]) for k in base_before)
+    assert ("sft", 1, 2) == progress[0][:3]
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args], cwd=REPO, capture_output=True, text=True, env=env or os.environ
+    )
+
+
+@pytest.fixture
+def cli_env(settings, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("ASSISTANT_BASE_MODEL", str(tiny_model_dir))
+    return os.environ.copy()
+
+
+def test_cli_run_registers_a_candidate_with_its_card(settings, seeded, cli_env):
+    result = run_cli("run", "--wait", "--json", "--set", "max_steps=2", "--set", "batch_size=4", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert (record["id"], record["status"], record["parent"]) == ("v1", "candidate", "base")
+    assert record["counts"]["sft_train"] + record["counts"]["sft_validation"] == 31
+    home = Path(cli_env["ASSISTANT_HOME"])
+    version_dir = home / "versions" / "v1"
+    card = (version_dir / "MODEL_CARD.md").read_text()
+    assert f"Snapshot `{record['snapshot_hash']}`" in card and "Gate on" in card
+    assert (version_dir / "adapter" / "adapter_model.safetensors").exists()
+    snapshot = json.loads((version_dir / "snapshot.json").read_text())
+    assert snapshot["hash"] == record["snapshot_hash"] and len(snapshot["rows"]) == 33  # 31 SFT, 1 DPO, 1 KTO
+    assert not list((home / "versions").glob(".staging-*"))
+    listing = json.loads(run_cli("list", "--json", env=cli_env).stdout)
+    assert [v["id"] for v in listing] == ["base", "v1"]
+    shown = json.loads(run_cli("show", "v1", "--json", env=cli_env).stdout)
+    assert shown["model_card"] == card
+
+    promoted = json.loads(run_cli("promote", "v1", "--reason", "test", env=cli_env).stdout)
+    assert promoted["status"] == "current"
+    back = json.loads(run_cli("rollback", "--reason", "test", env=cli_env).stdout)
+    assert back["id"] == "base" and back["status"] == "current"
+    assert run_cli("rollback", env=cli_env).returncode == 2  # nothing earlier than base
+
+
+def test_refusals_spend_no_compute_and_register_nothing(settings, cli_env, seeded):
+    for args, message in [
+        (["--set", "lora_rank=8"], "lora_rank"),
+        (["--set", "learning_rate=5"], "learning_rate"),
+        (["--set", "pii_gate=false"], "pii_override_reason"),
+        (["--set", "min_rows=1000"], "Too little training data"),
+        (["--set", "nonsense"], "KEY=VALUE"),
+    ]:
+        result = run_cli("run", "--json", *args, env=cli_env)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+    bad_model = {**cli_env, "ASSISTANT_BASE_MODEL": str(Path(cli_env["ASSISTANT_HOME"]) / "no-such-model")}
+    result = run_cli("run", env=bad_model)
+    assert result.returncode == 2 and "base model" in result.stderr
+    assert seeded.one("select count(*) as n from jobs")["n"] == 0
+    assert [v["id"] for v in seeded.query("select id from versions")] == ["base"]
+    with pytest.raises(Exception, match="Invalid training config"):
+        load_config({"batch_size": 0})
+
+
+def test_a_killed_worker_fails_its_job_and_registers_nothing(settings, seeded, cli_env):
+    job = jobs.start(seeded, settings_for(cli_env), "boss", {"sft_epochs": 50})
+    # one at a time
+    with pytest.raises(Exception, match="one run at a time"):
+        jobs.start(seeded, settings_for(cli_env), "boss", {})
+    deadline = time.monotonic() + 60
+    while jobs.get(seeded, job["id"])["progress"].get("phase") != "sft":
+        assert time.monotonic() < deadline, jobs.get(seeded, job["id"])
+        time.sleep(0.2)
+    os.kill(job["pid"], signal.SIGKILL)
+    finished = jobs.wait(seeded, settings_for(cli_env), job["id"], poll_s=0.2)
+    assert finished["status"] == "failed" and "stopped without finishing" in finished["error"]
+    assert [v["id"] for v in seeded.query("select id from versions")] == ["base"]
+    assert not list((Path(cli_env["ASSISTANT_HOME"]) / "versions").glob(".staging-*"))
+
+
+def settings_for(env: dict):
+    from assistant.config import Settings
+
+    return Settings(db=env["ASSISTANT_DB"], home=env["ASSISTANT_HOME"], base_model=env["ASSISTANT_BASE_MODEL"])
+
+
+def test_registry_promote_refuses_unknown_versions(settings, seeded):
+    with pytest.raises(Exception, match="No version"):
+        registry.promote(seeded, "v99", "boss", "why")
+
+
+def test_api_trains_promotes_and_serves_the_new_version(tiny_server):
+    import httpx
+
+    admin = {"Authorization": f"Bearer {tiny_server.add_user('train-admin', 'admin')['api_key']}"}
+    staff = {"Authorization": f"Bearer {tiny_server.add_user('train-staff', 'staff')['api_key']}"}
+    url = tiny_server.url
+    assert httpx.post(url + "/v1/training/runs", json={}, headers=staff).status_code == 403
+    lines = "\n".join(json.dumps({"question": f"Q{i}?", "answer": f"A{i}."}) for i in range(12))
+    assert httpx.post(url + "/v1/import/qa", content=lines, headers=admin).json()["imported"] == 12
+    bad = httpx.post(url + "/v1/training/runs", json={"config": {"lora_r": 0}}, headers=admin)
+    assert bad.status_code == 400 and "lora_r" in bad.json()["error"]["message"]
+
+    run = httpx.post(url + "/v1/training/runs", json={"config": {"max_steps": 2, "batch_size": 4}}, headers=admin)
+    assert run.status_code == 202, run.text
+    deadline = time.monotonic() + 120
+    while (job := httpx.get(f"{url}/v1/training/runs/{run.json()['id']}", headers=admin).json())[
+        "status"
+    ] in jobs.ACTIVE:
+        # chat keeps serving while it trains
+        chat = {"messages": [{"role": "user", "content": "still there?"}], "max_tokens": 2}
+        assert httpx.post(url + "/v1/chat/completions", json=chat, headers=staff, timeout=60).status_code == 200
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert job["status"] == "succeeded", job
+    assert job["losses"] and job["losses"][0]["phase"] == "sft"
+    version = httpx.get(f"{url}/v1/versions/{job['version']}", headers=admin).json()
+    assert version["status"] == "candidate" and "# Model card" in version["model_card"]
+
+    assert httpx.post(f"{url}/v1/versions/{job['version']}/promote", json={}, headers=admin).status_code == 422
+    promoted = httpx.post(f"{url}/v1/versions/{job['version']}/promote", json={"reason": "test"}, headers=admin)
+    assert promoted.status_code == 200
+    chat = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}
+    answer = httpx.post(url + "/v1/chat/completions", json=chat, headers=staff, timeout=60).json()
+    assert answer["model"] == job["version"]
+    assert httpx.post(url + "/v1/versions/rollback", json={"reason": "test"}, headers=admin).json()["id"] == "base"
+    answer = httpx.post(url + "/v1/chat/completions", json=chat, headers=staff, timeout=60).json()
+    assert answer["model"] == "base"

@@ -1,0 +1,108 @@
+"""Hone's training command line.
+
+python -m training run [--wait] [--json] [--set KEY=VALUE ...] [--config FILE.yaml] [--as ADMIN]
+python -m training runs [--json]            recent training runs
+python -m training cancel JOB_ID
+python -m training list [--json]            versions and their lineage
+python -m training show VERSION [--json]    one version and its model card
+python -m training promote VERSION [--reason TEXT]
+python -m training rollback [--reason TEXT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from assistant import auth
+from assistant.config import get_settings
+from assistant.errors import HoneError, NotFound
+from assistant.store import Database, versions
+from training import jobs, registry
+from training.config import parse_overrides
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description="Hone training and versions")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="build the dataset from feedback and train a candidate")
+    run.add_argument("--wait", action="store_true", help="wait for the run to end")
+    run.add_argument("--json", action="store_true", help="print the run (with --wait: the new version) as JSON")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    run.add_argument("--config", help="a YAML file of config values")
+    run.add_argument("--as", dest="admin", help="the admin recorded as starting it (default: the first admin)")
+    runs = commands.add_parser("runs", help="recent training runs")
+    runs.add_argument("--json", action="store_true")
+    cancel = commands.add_parser("cancel", help="cancel a training run")
+    cancel.add_argument("job_id", type=int)
+    listing = commands.add_parser("list", help="versions and their lineage")
+    listing.add_argument("--json", action="store_true")
+    show = commands.add_parser("show", help="one version and its model card")
+    show.add_argument("version")
+    show.add_argument("--json", action="store_true")
+    promote = commands.add_parser("promote", help="make a version current")
+    promote.add_argument("version")
+    promote.add_argument("--reason", default="command line")
+    rollback = commands.add_parser("rollback", help="make the previous version current again")
+    rollback.add_argument("--reason", default="command line")
+    worker = commands.add_parser("worker", help=argparse.SUPPRESS)
+    worker.add_argument("job_id", type=int)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    settings = get_settings()
+    if args.command == "worker":
+        return jobs.run_worker(settings, args.job_id)
+    database = Database(settings.db)
+    try:
+        if args.command == "run":
+            admin = auth.acting_admin(database, args.admin)
+            job = jobs.start(
+                database, settings, admin.name, parse_overrides(args.set), args.config, wait_in_thread=args.wait
+            )
+            if args.wait:
+                job = jobs.wait(database, settings, job["id"])
+                if job["status"] != "succeeded":
+                    raise HoneError(f"training run {job['id']} {job['status']}: {job['error']}")
+                result = registry.version_record(versions.get(database, job["version"]))
+            else:
+                result = job
+            print(json.dumps(result) if args.json else f"run {job['id']}: {job['status']} {job.get('version') or ''}")
+        elif args.command == "runs":
+            jobs.reap(database, settings)
+            rows = jobs.list_recent(database)
+            if args.json:
+                print(json.dumps(rows))
+            for r in [] if args.json else rows:
+                print(f"{r['id']:>4} {r['status']:<10} {r['created_by']:<12} {r['created_at']} {r['version'] or ''}")
+        elif args.command == "cancel":
+            print(json.dumps(jobs.cancel(database, settings, args.job_id, "cli")))
+        elif args.command == "list":
+            rows = [registry.version_record(r) for r in versions.list_all(database)]
+            if args.json:
+                print(json.dumps(rows))
+            for r in [] if args.json else rows:
+                print(f"{r['id']:<8} {r['status']:<11} parent={r['parent'] or '-':<8} {r['created_at']}")
+        elif args.command == "show":
+            row = versions.get(database, args.version)
+            if row is None:
+                raise NotFound(f"No version {args.version!r}.")
+            record = registry.version_record(row)
+            card = Path(row["card_path"]).read_text() if row.get("card_path") else ""
+            print(json.dumps({**record, "model_card": card}) if args.json else card or json.dumps(record, indent=2))
+        elif args.command == "promote":
+            print(json.dumps(registry.promote(database, args.version, "cli", args.reason)))
+        elif args.command == "rollback":
+            print(json.dumps(registry.rollback(database, "cli", args.reason)))
+    except HoneError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

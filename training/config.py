@@ -1,0 +1,74 @@
+"""The training recipe as a typed config: CPU-friendly defaults, overridable from the CLI, YAML or the Admin tab.
+
+Unknown keys and out-of-range values are refused before any compute is spent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from assistant.errors import InvalidRequest
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    seed: int = Field(42, description="one seed for data order, LoRA init and sampling")
+    # LoRA
+    lora_r: int = Field(16, ge=1, le=256, description="adapter rank")
+    lora_alpha: int = Field(32, ge=1, le=1024)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str = Field("all-linear", description="'all-linear' or comma-separated module names")
+    # SFT
+    learning_rate: float = Field(2e-4, gt=0.0, le=1.0)
+    sft_epochs: float = Field(2.0, gt=0.0, le=50.0)
+    batch_size: int = Field(8, ge=1, le=512)
+    max_length: int = Field(512, ge=32, le=8192, description="tokens per example; longer ones are truncated")
+    # DPO (runs after SFT when preference pairs exist)
+    dpo_epochs: float = Field(1.0, ge=0.0, le=50.0, description="0 skips DPO")
+    dpo_beta: float = Field(0.1, gt=0.0, le=10.0)
+    dpo_learning_rate: float = Field(5e-5, gt=0.0, le=1.0)
+    # data
+    replay_ratio: float = Field(0.25, ge=0.0, le=10.0, description="general replay rows per domain training row")
+    validation_percent: int = Field(10, ge=0, le=50, description="share of conversations held out for validation")
+    min_rows: int = Field(1, ge=1, description="fewest domain training rows a run accepts")
+    max_steps: int = Field(-1, ge=-1, description="cap on optimiser steps per phase (-1: no cap)")
+    threads: int = Field(0, ge=0, le=256, description="torch threads (0: torch's default)")
+    # governance
+    pii_gate: bool = Field(True, description="redact personal data; off needs pii_override_reason")
+    pii_override_reason: str | None = Field(None, description="why the PII gate may be off (audited)")
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`KEY=VALUE` strings into a dict (values parsed as YAML scalars: 2e-4, true, 16)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidRequest(f"Expected KEY=VALUE, got {pair!r}.")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def load_config(overrides: dict | None = None, yaml_file: str | Path | None = None) -> TrainConfig:
+    values: dict = {}
+    if yaml_file is not None:
+        try:
+            loaded = yaml.safe_load(Path(yaml_file).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise InvalidRequest(f"Cannot read config {yaml_file}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise InvalidRequest(f"Config {yaml_file} must be a mapping of settings.")
+        values.update(loaded)
+    values.update(overrides or {})
+    try:
+        config = TrainConfig(**values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidRequest(f"Invalid training config: {problems}") from exc
+    if not config.pii_gate and not (config.pii_override_reason or "").strip():
+        raise InvalidRequest("The PII gate can only be switched off with pii_override_reason (it is audited).")
+    return config

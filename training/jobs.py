@@ -1,0 +1,271 @@
+"""Training runs as jobs: one subprocess per run, so chat keeps serving and a crash cannot take it down.
+
+The jobs table is the truth: a worker that dies (crash, kill -9) is noticed by `reap` and its job marked
+failed; its staging folder is removed, so no half-registered version is ever left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from assistant.config import REPO_ROOT, Settings
+from assistant.errors import Conflict, InvalidRequest, NotFound
+from assistant.model_files import ModelFileError, resolve_base_model
+from assistant.store import Database, audit, versions
+from assistant.store.db import utcnow
+from training import examples
+from training.config import TrainConfig, load_config
+
+ACTIVE = ("queued", "running")
+
+
+def get(database: Database, job_id: int) -> dict:
+    row = database.one("select * from jobs where id = ?", [job_id])
+    if row is None:
+        raise NotFound(f"No training run {job_id}.")
+    return _decoded(row)
+
+
+def list_recent(database: Database, limit: int = 50) -> list[dict]:
+    return [_decoded(r) for r in database.query("select * from jobs order by id desc limit ?", [limit])]
+
+
+def losses(database: Database, job_id: int) -> list[dict]:
+    return database.query("select phase, step, loss, at from training_log where job_id = ? order by id", [job_id])
+
+
+def _decoded(row: dict) -> dict:
+    return {**row, "config": json.loads(row["config"] or "{}"), "progress": json.loads(row["progress"] or "{}")}
+
+
+def staging_dir(settings: Settings, job_id: int) -> Path:
+    return settings.versions_dir / f".staging-job{job_id}"
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie has exited; its parent just has not collected it yet
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def reap(database: Database, settings: Settings) -> int:
+    """Mark runs whose worker is gone as failed and clear their staging folders."""
+    dead = 0
+    for job in database.query("select * from jobs where status in ('queued', 'running')"):
+        if _alive(job["pid"]):
+            continue
+        if job["status"] == "queued" and job["pid"] is None and _age_s(job["created_at"]) < 60:
+            continue  # still being launched
+        _finish(database, job["id"], "failed", error="The training worker stopped without finishing (crash or kill).")
+        shutil.rmtree(staging_dir(settings, job["id"]), ignore_errors=True)
+        dead += 1
+    return dead
+
+
+def _age_s(iso: str) -> float:
+    from datetime import datetime
+
+    return (datetime.now(datetime.fromisoformat(iso).tzinfo) - datetime.fromisoformat(iso)).total_seconds()
+
+
+def _finish(database: Database, job_id: int, status: str, error: str | None = None, version: str | None = None):
+    with database.write() as db:
+        db["jobs"].update(job_id, {"status": status, "finished_at": utcnow(), "error": error, "version": version})
+
+
+def check_base_model(settings: Settings) -> str:
+    try:
+        resolved = resolve_base_model(settings, log=lambda *_: None)
+        if not Path(resolved).is_dir():  # a hub id: only usable if its config can be fetched or is cached
+            from transformers import AutoConfig
+
+            AutoConfig.from_pretrained(resolved)
+    except (ModelFileError, OSError, ValueError) as exc:
+        raise InvalidRequest(f"Unknown or unusable base model {settings.base_model!r}: {exc}") from exc
+    return resolved
+
+
+def start(
+    database: Database,
+    settings: Settings,
+    actor: str,
+    overrides: dict | None = None,
+    yaml_file: str | None = None,
+    wait_in_thread: bool = True,
+) -> dict:
+    """Check everything that can be checked cheaply, then launch the worker. Refusals spend no compute."""
+    config = load_config(overrides, yaml_file)
+    reap(database, settings)
+    check_base_model(settings)
+    try:
+        settings.versions_dir.mkdir(parents=True, exist_ok=True)
+        probe = settings.versions_dir / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise InvalidRequest(f"The data home {settings.home} is not writable: {exc}") from exc
+    built = examples.build_examples(database)
+    domain_rows = len(built["sft"]) + len(built["dpo"])
+    if domain_rows < config.min_rows:
+        raise InvalidRequest(
+            f"Too little training data: {domain_rows} SFT/DPO rows, and this run needs at least {config.min_rows}. "
+            "Review answers, approve corrections or import Q&A first."
+        )
+    with database.write() as db:
+        running = database.one("select id from jobs where status in ('queued', 'running')")
+        if running:
+            raise Conflict(f"Training run {running['id']} is still going; one run at a time.")
+        job_id = (
+            db["jobs"]
+            .insert(
+                {
+                    "kind": "train",
+                    "status": "queued",
+                    "created_by": actor,
+                    "created_at": utcnow(),
+                    "config": config.model_dump_json(),
+                    "progress": json.dumps({"phase": "queued"}),
+                }
+            )
+            .last_pk
+        )
+        audit.record(database, actor, "training.start", f"job:{job_id}", overrides=overrides or {})
+        if not config.pii_gate:
+            audit.record(database, actor, "training.pii_override", f"job:{job_id}", reason=config.pii_override_reason)
+    log = settings.home / "jobs" / f"{job_id}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "ASSISTANT_DB": str(settings.db), "ASSISTANT_HOME": str(settings.home)}
+    env["ASSISTANT_BASE_MODEL"] = settings.base_model
+    process = subprocess.Popen(
+        [sys.executable, "-m", "training", "worker", str(job_id)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: cancel stops the worker and anything it started
+    )
+    with database.write() as db:
+        db["jobs"].update(job_id, {"pid": process.pid})
+    if wait_in_thread:  # collect the exit status so a finished worker does not linger as a zombie
+        threading.Thread(target=process.wait, daemon=True).start()
+    return get(database, job_id)
+
+
+def wait(database: Database, settings: Settings, job_id: int, poll_s: float = 1.0) -> dict:
+    while True:
+        reap(database, settings)
+        job = get(database, job_id)
+        if job["status"] not in ACTIVE:
+            return job
+        time.sleep(poll_s)
+
+
+def cancel(database: Database, settings: Settings, job_id: int, actor: str) -> dict:
+    job = get(database, job_id)
+    if job["status"] not in ACTIVE:
+        raise Conflict(f"Training run {job_id} has already ended ({job['status']}).")
+    with database.write():
+        _finish(database, job_id, "cancelled", error=f"cancelled by {actor}")
+        audit.record(database, actor, "training.cancel", f"job:{job_id}")
+    if job["pid"]:
+        try:
+            os.killpg(job["pid"], signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    shutil.rmtree(staging_dir(settings, job_id), ignore_errors=True)
+    return get(database, job_id)
+
+
+class ProgressWriter:
+    """Step, loss and ETA into the jobs table and the training log, from inside the worker."""
+
+    def __init__(self, database: Database, job_id: int) -> None:
+        self.database, self.job_id = database, job_id
+        self.started = time.monotonic()
+        self.phase_started: dict[str, float] = {}
+
+    def __call__(self, phase: str, step: int, total: int, loss: float | None) -> None:
+        began = self.phase_started.setdefault(phase, time.monotonic())
+        elapsed = time.monotonic() - began
+        eta = elapsed / step * (total - step) if step else None
+        progress = {"phase": phase, "step": step, "total": total, "loss": loss, "eta_s": eta and round(eta, 1)}
+        with self.database.write() as db:
+            db["jobs"].update(self.job_id, {"progress": json.dumps(progress)})
+            db["training_log"].insert(
+                {"job_id": self.job_id, "phase": phase, "step": step, "loss": loss, "at": utcnow()}
+            )
+
+    def phase(self, name: str) -> None:
+        with self.database.write() as db:
+            db["jobs"].update(self.job_id, {"progress": json.dumps({"phase": name})})
+
+
+def run_worker(settings: Settings, job_id: int) -> int:
+    """The body of `python -m training worker JOB_ID`: build, train, register; any failure marks the job failed."""
+    from training import datasets, registry
+    from training.train import train
+
+    database = Database(settings.db)
+    job = get(database, job_id)
+    if job["status"] != "queued":
+        return 1
+    with database.write() as db:
+        db["jobs"].update(job_id, {"status": "running", "started_at": utcnow(), "pid": os.getpid()})
+    staging = staging_dir(settings, job_id)
+    progress = ProgressWriter(database, job_id)
+    try:
+        config = TrainConfig(**job["config"])
+        progress.phase("building dataset")
+        gate = None
+        if config.pii_gate:
+            from training.pii import PiiGate
+
+            names = [u["name"] for u in database.query("select name from users")]
+            gate = PiiGate(names=names, patterns=settings.pii_patterns)
+        build = datasets.build(database, config, system_prompt=settings.system_prompt, gate=gate)
+        domain = build.counts["sft_train"] + build.counts["dpo_train"]
+        if domain < config.min_rows:
+            raise InvalidRequest(f"Only {domain} training rows after the split; need {config.min_rows}.")
+        base_model = resolve_base_model(settings, log=lambda *_: None)
+        shutil.rmtree(staging, ignore_errors=True)
+        report = train(base_model, build, config, staging / "adapter", progress)
+        progress.phase("registering")
+        with database.write():
+            if get(database, job_id)["status"] != "running":
+                raise RuntimeError("the run was cancelled")
+            record = registry.register(
+                database,
+                settings.versions_dir,
+                staging,
+                job_id=job_id,
+                created_by=job["created_by"],
+                parent=versions.current(database)["id"],
+                base_model=settings.base_model,
+                config=config.model_dump(),
+                snapshot=build.snapshot,
+                report=report,
+            )
+            _finish(database, job_id, "succeeded", version=record["id"])
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - every failure must end as a failed job
+        shutil.rmtree(staging, ignore_errors=True)
+        if get(database, job_id)["status"] == "running":
+            _finish(database, job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        return 1

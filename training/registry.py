@@ -1,0 +1,173 @@
+"""Versions: register a trained candidate (adapter + config + snapshot + card) atomically; promote; roll back."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from importlib.metadata import version as package_version
+from pathlib import Path
+
+from assistant.errors import Conflict, InvalidRequest, NotFound
+from assistant.store import Database, audit, versions
+from assistant.store.db import utcnow
+
+LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets")
+
+
+def version_record(row: dict) -> dict:
+    """A versions row with its JSON columns decoded."""
+    out = dict(row)
+    for key in ("config", "counts", "metrics"):
+        if out.get(key):
+            out[key] = json.loads(out[key])
+    return out
+
+
+def next_version_id(database: Database) -> str:
+    numbers = [int(r["id"][1:]) for r in versions.list_all(database) if r["id"][1:].isdigit()]
+    return f"v{max(numbers, default=0) + 1}"
+
+
+def library_versions() -> dict:
+    return {name: package_version(name) for name in LIBRARIES} | {"python": platform.python_version()}
+
+
+def register(
+    database: Database,
+    versions_dir: Path,
+    staging: Path,
+    *,
+    job_id: int,
+    created_by: str,
+    parent: str,
+    base_model: str,
+    config: dict,
+    snapshot: dict,
+    report: dict,
+) -> dict:
+    """Move a finished staging folder into place and add the version row in one step.
+
+    The folder is renamed before the row is written; if the row cannot be written the folder is
+    removed again, so a version is either fully registered or absent.
+    """
+    with database.write() as db:
+        version_id = next_version_id(database)
+        final = versions_dir / version_id
+        record = {
+            "id": version_id,
+            "status": "candidate",
+            "parent": parent,
+            "adapter_path": str(final / "adapter"),
+            "created_at": utcnow(),
+            "notes": f"trained by job {job_id}",
+            "job_id": job_id,
+            "created_by": created_by,
+            "config": json.dumps(config, sort_keys=True),
+            "snapshot_hash": snapshot["hash"],
+            "counts": json.dumps(snapshot["counts"], sort_keys=True),
+            "metrics": json.dumps(report, sort_keys=True),
+            "card_path": str(final / "MODEL_CARD.md"),
+        }
+        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        (staging / "snapshot.json").write_text(json.dumps(snapshot, indent=2))
+        (staging / "training.json").write_text(
+            json.dumps({"report": report, "libraries": library_versions(), "base_model": base_model}, indent=2)
+        )
+        (staging / "MODEL_CARD.md").write_text(model_card(record, base_model, config, snapshot, report))
+        os.replace(staging, final)
+        try:
+            db["versions"].insert(record)
+            audit.record(database, created_by, "version.register", version_id, job=job_id, parent=parent)
+        except BaseException:
+            shutil.rmtree(final, ignore_errors=True)
+            raise
+    return record
+
+
+def model_card(record: dict, base_model: str, config: dict, snapshot: dict, report: dict) -> str:
+    counts, pii = snapshot["counts"], snapshot["pii"]
+    phases = "\n".join(
+        f"| {p['phase']} | {p['rows']} | {p['steps']} | {p['final_loss']} | {p['seconds']} |" for p in report["phases"]
+    )
+    settings = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(config.items()))
+    redactions = ", ".join(f"{k}: {v}" for k, v in pii["redactions"].items()) or "none found"
+    gate = "on" if pii["gate"] else f"**off** (override: {pii['override_reason']})"
+    libraries = ", ".join(f"{k} {v}" for k, v in library_versions().items())
+    return f"""# Model card: {record["id"]}
+
+- **Base model:** `{base_model}` with a LoRA adapter
+- **Parent version:** `{record["parent"]}`
+- **Trained by:** {record["created_by"]} (job {record["job_id"]}) at {record["created_at"]}
+- **Status when registered:** candidate (it serves only after evaluation and promotion)
+
+## Intended use
+Answering this organisation's staff questions in its domain, with the same system prompt it was trained
+with. Not for decisions without human review; answers can be wrong.
+
+## Training data
+Snapshot `{snapshot["hash"]}` (row ids and hashes in `snapshot.json`).
+
+| set | train | validation |
+|---|---|---|
+| SFT (ideal answers, approved corrections, imports) | {counts["sft_train"]} | {counts["sft_validation"]} |
+| DPO pairs (chosen vs original) | {counts["dpo_train"]} | {counts["dpo_validation"]} |
+| KTO rows (thumbs) | {counts["kto_train"]} | {counts["kto_validation"]} |
+| general replay (`{snapshot["replay_source"]}`, CC0) | {counts["replay"]} | |
+
+Duplicates dropped: {counts["duplicates_dropped"]}. Validation is split by conversation.
+
+## PII gate
+Gate {gate}. Rows redacted: {pii["rows_redacted"]}. Redactions by type: {redactions}.
+
+## Training
+| phase | rows | steps | final loss | seconds |
+|---|---|---|---|---|
+{phases}
+
+| setting | value |
+|---|---|
+{settings}
+
+Libraries: {libraries}.
+
+## Evaluation
+Not evaluated yet: the evaluation gate adds its results here.
+
+## Limitations
+A small model (135M parameters) tuned on a small set of reviewed answers: it can state wrong facts
+fluently, and what it learned is limited to what reviewers approved.
+"""
+
+
+def promote(database: Database, version_id: str, actor: str, reason: str) -> dict:
+    row = versions.get(database, version_id)
+    if row is None:
+        raise NotFound(f"No version {version_id!r}.")
+    if row["status"] == "current":
+        raise Conflict(f"{version_id} is already the current version.")
+    if row["status"] == "failed":
+        raise InvalidRequest(f"{version_id} failed; it cannot be promoted.")
+    with database.write() as db:
+        db.execute("update versions set status = 'archived' where status = 'current'")
+        db["versions"].update(version_id, {"status": "current", "promoted_at": utcnow()})
+        audit.record(database, actor, "version.promote", version_id, reason=reason)
+    return versions.get(database, version_id)
+
+
+def rollback(database: Database, actor: str, reason: str) -> dict:
+    """Make the previously promoted version current again; the one rolled back is marked `rolled_back`."""
+    current = versions.current(database)
+    previous = database.one(
+        """select * from versions where status = 'archived' and id != ? and (promoted_at is not null or id = 'base')
+           order by coalesce(promoted_at, '') desc limit 1""",
+        [current["id"]],
+    )
+    if previous is None:
+        raise Conflict("There is no earlier version to roll back to.")
+    with database.write() as db:
+        db["versions"].update(current["id"], {"status": "rolled_back"})
+        db["versions"].update(previous["id"], {"status": "current"})
+        audit.record(database, actor, "version.rollback", previous["id"], from_version=current["id"], reason=reason)
+    return versions.get(database, previous["id"])
