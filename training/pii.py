@@ -75,7 +75,7 @@ class PiiGate:
         from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
         from presidio_analyzer.nlp_engine import NlpEngineProvider
         from presidio_anonymizer import AnonymizerEngine
-        from presidio_anonymizer.entities import OperatorConfig
+        from presidio_anonymizer.entities import ConflictResolutionStrategy, OperatorConfig
 
         recognizers = _builtin_recognizers() + _name_recognizers(names) + _custom_recognizers(patterns or {})
         self.entities = sorted({entity for r in recognizers for entity in r.supported_entities})
@@ -86,6 +86,8 @@ class PiiGate:
         self._analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=[LANGUAGE])
         self._anonymizer = AnonymizerEngine()
         self._operators = {e: OperatorConfig("replace", {"new_value": f"<{e}>"}) for e in self.entities}
+        # Overlapping findings of different types are trimmed apart, so every detected character is replaced.
+        self._conflicts = ConflictResolutionStrategy.REMOVE_INTERSECTIONS
 
     def redact(self, text: str) -> tuple[str, dict[str, int]]:
         """Redacted text and the number of findings replaced, by entity type (empty when nothing was found)."""
@@ -98,13 +100,11 @@ class PiiGate:
         )
         if not findings:
             return text, {}
-        from presidio_anonymizer.entities import ConflictResolutionStrategy
-
         result = self._anonymizer.anonymize(
             text=text,
             analyzer_results=findings,
             operators=self._operators,
-            conflict_resolution=ConflictResolutionStrategy.REMOVE_INTERSECTIONS,
+            conflict_resolution=self._conflicts,
             merge_entities_with_spaces=False,
         )
         return result.text, dict(Counter(item.entity_type for item in result.items))
