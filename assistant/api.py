@@ -6,7 +6,6 @@ import json
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -319,11 +318,7 @@ def build_api(hone: Hone) -> APIRouter:
 
     @router.get("/v1/versions/{version_id}", tags=["versions"])
     def show_version(version_id: str, admin: Admin) -> dict:
-        row = versions.get(hone.database, version_id)
-        if row is None:
-            raise NotFound(f"No version {version_id!r}.")
-        card = Path(row["card_path"]).read_text() if row.get("card_path") else None
-        return {**registry.version_record(row), "model_card": card}
+        return registry.describe(hone.database, version_id)
 
     @router.post("/v1/versions/rollback", tags=["versions"])
     def rollback_version(body: ReasonIn, admin: Admin) -> dict:

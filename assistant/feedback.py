@@ -45,10 +45,8 @@ def visible_answer(database: Database, user: User, message_id: object) -> dict:
     return message
 
 
-def clean_text(value: object, field: str, limit: int, required: bool = False) -> str | None:
+def clean_text(value: object, field: str, limit: int) -> str | None:
     if value is None:
-        if required:
-            raise InvalidRequest(f"{field} is required.")
         return None
     if not isinstance(value, str):
         raise InvalidRequest(f"{field} must be a string.")

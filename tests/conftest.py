@@ -69,16 +69,22 @@ def tiny_model_dir(tmp_path_factory, bundled_model_dir) -> Path:
     return out
 
 
-@pytest.fixture
-def settings(tmp_path, tiny_model_dir) -> Settings:
+def tiny_settings(workdir: Path, tiny_model_dir: Path, **extra) -> Settings:
+    """Settings for the tiny model in a directory of its own: greedy, short answers."""
     return Settings(
-        db=tmp_path / "feedback.db",
-        home=tmp_path / "home",
+        db=workdir / "feedback.db",
+        home=workdir / "home",
         base_model=str(tiny_model_dir),
         admin_password="admin-password",
         default_temperature=0.0,
         default_max_tokens=12,
+        **extra,
     )
+
+
+@pytest.fixture
+def settings(tmp_path, tiny_model_dir) -> Settings:
+    return tiny_settings(tmp_path, tiny_model_dir)
 
 
 @pytest.fixture(scope="session")
@@ -188,15 +194,7 @@ def tiny_server(tmp_path_factory, tiny_model_dir, tiny_engine):
     from app import create_app
 
     workdir = tmp_path_factory.mktemp("tiny-server")
-    settings = Settings(
-        db=workdir / "feedback.db",
-        home=workdir / "home",
-        base_model=str(tiny_model_dir),
-        admin_password="admin-password",
-        default_temperature=0.0,
-        default_max_tokens=12,
-        max_body_bytes=64_000,
-    )
+    settings = tiny_settings(workdir, tiny_model_dir, max_body_bytes=64_000)
     with ThreadServer(create_app(settings, engine=tiny_engine), free_port()) as server:
         yield server
 

@@ -191,25 +191,19 @@ def test_refusals_spend_no_compute_and_register_nothing(settings, cli_env, seede
 
 
 def test_a_killed_worker_fails_its_job_and_registers_nothing(settings, seeded, cli_env):
-    job = jobs.start(seeded, settings_for(cli_env), "boss", {"sft_epochs": 50})
+    job = jobs.start(seeded, settings, "boss", {"sft_epochs": 50})
     # one at a time
     with pytest.raises(Exception, match="one run at a time"):
-        jobs.start(seeded, settings_for(cli_env), "boss", {})
+        jobs.start(seeded, settings, "boss", {})
     deadline = time.monotonic() + 60
     while jobs.get(seeded, job["id"])["progress"].get("phase") != "sft":
         assert time.monotonic() < deadline, jobs.get(seeded, job["id"])
         time.sleep(0.2)
     os.kill(job["pid"], signal.SIGKILL)
-    finished = jobs.wait(seeded, settings_for(cli_env), job["id"], poll_s=0.2)
+    finished = jobs.wait(seeded, settings, job["id"], poll_s=0.2)
     assert finished["status"] == "failed" and "stopped without finishing" in finished["error"]
     assert [v["id"] for v in seeded.query("select id from versions")] == ["base"]
     assert not list((Path(cli_env["ASSISTANT_HOME"]) / "versions").glob(".staging-*"))
-
-
-def settings_for(env: dict):
-    from assistant.config import Settings
-
-    return Settings(db=env["ASSISTANT_DB"], home=env["ASSISTANT_HOME"], base_model=env["ASSISTANT_BASE_MODEL"])
 
 
 def test_registry_promote_refuses_unknown_versions(settings, seeded):

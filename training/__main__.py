@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from assistant import auth
 from assistant.config import get_settings
-from assistant.errors import HoneError, NotFound
+from assistant.errors import HoneError
 from assistant.store import Database, versions
 from training import jobs, registry
 from training.config import parse_overrides
@@ -88,12 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             for r in [] if args.json else rows:
                 print(f"{r['id']:<8} {r['status']:<11} parent={r['parent'] or '-':<8} {r['created_at']}")
         elif args.command == "show":
-            row = versions.get(database, args.version)
-            if row is None:
-                raise NotFound(f"No version {args.version!r}.")
-            record = registry.version_record(row)
-            card = Path(row["card_path"]).read_text() if row.get("card_path") else ""
-            print(json.dumps({**record, "model_card": card}) if args.json else card or json.dumps(record, indent=2))
+            record = registry.describe(database, args.version)
+            card = record["model_card"]
+            print(json.dumps(record) if args.json else card or json.dumps(record, indent=2))
         elif args.command == "promote":
             print(json.dumps(registry.promote(database, args.version, "cli", args.reason)))
         elif args.command == "rollback":

@@ -60,14 +60,17 @@ def decide(judgements: list[dict], database: Database) -> Decision:
     return Decision(target=target, disputed=False, rejected_correction=rejected)
 
 
-def build_examples(database: Database) -> dict[str, list[Example]]:
-    out: dict[str, list[Example]] = {kind: [] for kind in KINDS}
+def decisions(database: Database) -> dict[int, Decision]:
+    """The decision for every answer anyone reviewed, by answer id (ascending)."""
     by_message: dict[int, list[dict]] = defaultdict(list)
     for r in reviews.current_reviews(database):
         by_message[r["message_id"]].append(r)
+    return {message_id: decide(judgements, database) for message_id, judgements in sorted(by_message.items())}
 
-    for message_id, judgements in sorted(by_message.items()):
-        decision = decide(judgements, database)
+
+def build_examples(database: Database, decided: dict[int, Decision] | None = None) -> dict[str, list[Example]]:
+    out: dict[str, list[Example]] = {kind: [] for kind in KINDS}
+    for message_id, decision in (decisions(database) if decided is None else decided).items():
         if decision.target is None:
             continue
         message = conversations.message(database, message_id)
@@ -109,11 +112,8 @@ def thumb_labels(database: Database) -> list[tuple[int, bool]]:
 
 def counts(database: Database) -> dict:
     """How much training data the feedback holds right now, and what is held back."""
-    examples = build_examples(database)
-    by_message: dict[int, list[dict]] = defaultdict(list)
-    for r in reviews.current_reviews(database):
-        by_message[r["message_id"]].append(r)
-    decisions = [decide(j, database) for j in by_message.values()]
+    decided = decisions(database)
+    examples = build_examples(database, decided)
     pending = database.one(
         """select count(*) as n from corrections c
            where not exists (select 1 from corrections n where n.supersedes = c.id)
@@ -121,7 +121,7 @@ def counts(database: Database) -> dict:
     )["n"]
     return {
         **{kind: len(rows) for kind, rows in examples.items()},
-        "disputed": sum(d.disputed for d in decisions),
-        "rejected_corrections": sum(d.rejected_correction for d in decisions),
+        "disputed": sum(d.disputed for d in decided.values()),
+        "rejected_corrections": sum(d.rejected_correction for d in decided.values()),
         "pending_corrections": pending,
     }

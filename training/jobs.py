@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from assistant.config import REPO_ROOT, Settings
@@ -80,9 +81,7 @@ def reap(database: Database, settings: Settings) -> int:
 
 
 def _age_s(iso: str) -> float:
-    from datetime import datetime
-
-    return (datetime.now(datetime.fromisoformat(iso).tzinfo) - datetime.fromisoformat(iso)).total_seconds()
+    return (datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds()
 
 
 def _finish(database: Database, job_id: int, status: str, error: str | None = None, version: str | None = None):

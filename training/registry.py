@@ -25,6 +25,15 @@ def version_record(row: dict) -> dict:
     return out
 
 
+def describe(database: Database, version_id: str) -> dict:
+    """A version's record with its model card text (None for the base, which has no card)."""
+    row = versions.get(database, version_id)
+    if row is None:
+        raise NotFound(f"No version {version_id!r}.")
+    card = Path(row["card_path"]).read_text() if row.get("card_path") else None
+    return {**version_record(row), "model_card": card}
+
+
 def next_version_id(database: Database) -> str:
     numbers = [int(r["id"][1:]) for r in versions.list_all(database) if r["id"][1:].isdigit()]
     return f"v{max(numbers, default=0) + 1}"

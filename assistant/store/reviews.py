@@ -45,7 +45,7 @@ def add_review(
             )
             .last_pk
         )
-        db.execute("delete from review_claims where message_id = ? and reviewer_id = ?", [message_id, reviewer_id])
+        _release(db, message_id, reviewer_id)
         return review_id
 
 
@@ -56,18 +56,12 @@ def latest_by(database: Database, message_id: int, reviewer_id: int, kind: str) 
     )
 
 
-def current_reviews(database: Database, message_ids: list[int] | None = None) -> list[dict]:
+def current_reviews(database: Database) -> list[dict]:
     """Each reviewer's latest review of each answer (earlier ones are superseded), oldest first."""
-    where = ""
-    params: list = []
-    if message_ids is not None:
-        where = f"and r.message_id in ({','.join('?' * len(message_ids))})"
-        params = list(message_ids)
     return database.query(
-        f"""select r.*, u.name as reviewer from reviews r join users u on u.id = r.reviewer_id
-            where not exists (select 1 from reviews n where n.supersedes = r.id) {where}
-            order by r.id""",
-        params,
+        """select r.*, u.name as reviewer from reviews r join users u on u.id = r.reviewer_id
+           where not exists (select 1 from reviews n where n.supersedes = r.id)
+           order by r.id"""
     )
 
 
@@ -98,6 +92,10 @@ def claim(database: Database, message_id: int, reviewer_id: int, minutes: float)
         return True
 
 
+def _release(db, message_id: int, reviewer_id: int) -> None:
+    db.execute("delete from review_claims where message_id = ? and reviewer_id = ?", [message_id, reviewer_id])
+
+
 def claim_holder(database: Database, message_id: int) -> dict | None:
     return database.one(
         """select k.*, u.name as reviewer from review_claims k join users u on u.id = k.reviewer_id
@@ -108,7 +106,7 @@ def claim_holder(database: Database, message_id: int) -> dict | None:
 
 def skip(database: Database, message_id: int, reviewer_id: int) -> None:
     with database.write() as db:
-        db.execute("delete from review_claims where message_id = ? and reviewer_id = ?", [message_id, reviewer_id])
+        _release(db, message_id, reviewer_id)
         db["review_skips"].insert({"message_id": message_id, "reviewer_id": reviewer_id, "created_at": utcnow()})
 
 
