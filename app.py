@@ -18,6 +18,7 @@ from assistant.engine import Engine
 from assistant.services import Hone, build
 from assistant.ui import HEAD, build_ui
 from assistant.web import BodyLimit, install_error_handlers, install_login
+from training.schedule import Scheduler
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -28,6 +29,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     install_login(app, hone)
     app.include_router(build_api(hone))
     app.add_middleware(BodyLimit, max_bytes=hone.settings.max_body_bytes)
+    if hone.settings.retrain_min_new_items or hone.settings.retrain_every_hours:
+        app.state.scheduler = Scheduler(hone.database, hone.settings).start()
 
     def ui_user(request) -> str | None:
         user = authenticate(hone.database, hone.sessions, request.headers, request.cookies)

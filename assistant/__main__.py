@@ -5,6 +5,7 @@ python -m assistant users list [--json]
 python -m assistant users set-role NAME ROLE
 python -m assistant users disable NAME
 python -m assistant users enable NAME
+python -m assistant users erase NAME --reason TEXT [--json]
 python -m assistant import-qa FILE.jsonl [--as ADMIN] [--json]   # Q&A pairs as approved reviewer answers
 python -m assistant prepare-model        # convert the bundled model once (setup does this)
 """
@@ -17,6 +18,7 @@ import sys
 
 from assistant import auth
 from assistant.config import get_settings
+from assistant.erasure import erase_user
 from assistant.errors import HoneError, InvalidRequest
 from assistant.importer import import_qa
 from assistant.model_files import ModelFileError, resolve_base_model
@@ -42,6 +44,11 @@ def make_parser() -> argparse.ArgumentParser:
     for action in ("disable", "enable"):
         p = user_commands.add_parser(action, help=f"{action} a user (disable also revokes their API keys)")
         p.add_argument("name")
+    erase = user_commands.add_parser("erase", help="delete a user's chats and judgements")
+    erase.add_argument("name")
+    erase.add_argument("--reason", required=True, help="why (recorded with the erasure)")
+    erase.add_argument("--as", dest="admin", help="the admin recorded as erasing (default: the first admin)")
+    erase.add_argument("--json", action="store_true")
 
     qa = commands.add_parser("import-qa", help="import {question, answer} JSONL as approved reviewer answers")
     qa.add_argument("file")
@@ -74,6 +81,12 @@ def run_users(args: argparse.Namespace, database: Database) -> None:
     elif args.action == "set-role":
         auth.set_role(database, args.name, args.role)
         print(f"{args.name} is now {args.role}")
+    elif args.action == "erase":
+        result = erase_user(database, auth.acting_admin(database, args.admin), args.name, args.reason)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(f"erased {args.name}: {result['deleted']}; versions flagged: {result['versions_flagged'] or 'none'}")
     else:
         auth.set_disabled(database, args.name, args.action == "disable")
         print(f"{args.name} {args.action}d")

@@ -16,6 +16,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from assistant import auth
 from assistant.auth import User, authenticate, require_role
 from assistant.chat import Turn
+from assistant.erasure import erase_user
 from assistant.errors import InvalidRequest, NotFound
 from assistant.feedback import REASONS
 from assistant.importer import import_qa
@@ -219,6 +220,10 @@ def build_api(hone: Hone) -> APIRouter:
             auth.set_disabled(hone.database, name, body.disabled, actor=admin.name)
         row = users.by_name(hone.database, name)
         return {"name": row["name"], "role": row["role"], "disabled": bool(row["disabled"])}
+
+    @router.post("/v1/users/{name}/erase", tags=["users"])
+    def erase_user_data(name: str, body: ReasonIn, admin: Admin) -> dict:
+        return erase_user(hone.database, admin, name, body.reason)
 
     @router.get("/v1/audit", tags=["users"])
     def audit_log(admin: Admin, limit: int = 100) -> dict:

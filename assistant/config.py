@@ -51,6 +51,15 @@ class Settings(BaseSettings):
         default_factory=dict, description='extra PII regexes for the training gate, JSON: {"ENTITY": "regex"}'
     )
 
+    retrain_min_new_items: int = Field(
+        0, ge=0, description="scheduled retrain once this many approved answers are not in any version (0: off)"
+    )
+    retrain_every_hours: float = Field(
+        0.0, ge=0, description="scheduled retrain this long after the last run, if anything new (0: off)"
+    )
+    retrain_config_file: Path | None = Field(None, description="YAML training config for scheduled runs")
+    schedule_check_seconds: float = Field(300.0, gt=0, description="how often the schedule looks")
+
     session_hours: float = Field(12.0, gt=0, description="browser sessions expire after this")
     secure_cookies: bool = Field(False, description="set Secure on cookies (serve over TLS)")
     login_max_failures: int = Field(5, ge=1, description="failed logins before a lockout")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -14,8 +15,13 @@ import httpx
 import pytest
 import torch
 
+from assistant import auth
 from assistant.config import Settings
+from assistant.feedback import FeedbackService
+from assistant.importer import import_qa
 from assistant.model_files import bundled_cache_dir, prepare_bundled
+from assistant.review import ReviewService
+from assistant.store import Database, conversations
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -216,3 +222,59 @@ def run_threads(target, count: int) -> None:
         t.start()
     for t in threads:
         t.join()
+
+
+SECRET_EMAIL = "jane.doe@example.org"
+SECRET_PHONE = "+44 20 7946 0958"
+
+
+def user(database: Database, name: str, role: str) -> auth.User:
+    created = auth.create_user(database, name, role)
+    return auth.User(id=created["id"], name=name, role=role)
+
+
+def answered(database: Database, owner: auth.User, question: str, answer: str) -> int:
+    """A stored chat turn, as the chat service leaves it."""
+    _, message_id = conversations.start_turn(
+        database,
+        user_id=owner.id,
+        conversation_id=None,
+        new_messages=[{"role": "user", "content": question}],
+        version="base",
+        temperature=0.0,
+    )
+    conversations.finish_answer(
+        database,
+        message_id,
+        content=answer,
+        status="complete",
+        finish_reason="stop",
+        prompt_tokens=5,
+        completion_tokens=5,
+        latency_ms=1.0,
+        first_token_ms=1.0,
+    )
+    return message_id
+
+
+@pytest.fixture
+def seeded(settings):
+    """30 imported Q&A pairs and one PII-laden correction (approved) made twice by carol.smith."""
+    database = Database(settings.db)
+    admin = user(database, "boss", "admin")
+    staff = user(database, "carol.smith", "staff")
+    reviewer = user(database, "rita", "reviewer")
+    feedback = FeedbackService(database, 8000)
+    review = ReviewService(database, max_chars=8000, claim_minutes=10, second_opinion_percent=0)
+    lines = [json.dumps({"question": f"What is topic {i}?", "answer": f"Topic {i} is a thing."}) for i in range(30)]
+    import_qa(database, admin, lines, "test", 8000)
+    for _ in range(2):  # the same correction in two conversations: one row survives dedup
+        message_id = answered(database, staff, "How do I reach support?", "No idea.")
+        feedback.submit(
+            staff,
+            message_id,
+            thumb="down",
+            correction=f"Email {SECRET_EMAIL} or call {SECRET_PHONE}; ask for carol.smith.",
+        )
+        review.submit(reviewer, message_id, verdict="incorrect", correction="approve")
+    return database

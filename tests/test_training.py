@@ -14,68 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from assistant import auth
 from assistant.feedback import FeedbackService
-from assistant.importer import import_qa
-from assistant.review import ReviewService
 from assistant.store import Database, conversations
-from tests.conftest import REPO
+from tests.conftest import REPO, SECRET_EMAIL, SECRET_PHONE, answered, user
 from training import datasets, jobs, registry
 from training.config import TrainConfig, load_config
-
-SECRET_EMAIL = "jane.doe@example.org"
-SECRET_PHONE = "+44 20 7946 0958"
-
-
-def user(database: Database, name: str, role: str) -> auth.User:
-    created = auth.create_user(database, name, role)
-    return auth.User(id=created["id"], name=name, role=role)
-
-
-def answered(database: Database, owner: auth.User, question: str, answer: str) -> int:
-    """A stored chat turn, as the chat service leaves it."""
-    _, message_id = conversations.start_turn(
-        database,
-        user_id=owner.id,
-        conversation_id=None,
-        new_messages=[{"role": "user", "content": question}],
-        version="base",
-        temperature=0.0,
-    )
-    conversations.finish_answer(
-        database,
-        message_id,
-        content=answer,
-        status="complete",
-        finish_reason="stop",
-        prompt_tokens=5,
-        completion_tokens=5,
-        latency_ms=1.0,
-        first_token_ms=1.0,
-    )
-    return message_id
-
-
-@pytest.fixture
-def seeded(settings):
-    database = Database(settings.db)
-    admin = user(database, "boss", "admin")
-    staff = user(database, "carol.smith", "staff")
-    reviewer = user(database, "rita", "reviewer")
-    feedback = FeedbackService(database, 8000)
-    review = ReviewService(database, max_chars=8000, claim_minutes=10, second_opinion_percent=0)
-    lines = [json.dumps({"question": f"What is topic {i}?", "answer": f"Topic {i} is a thing."}) for i in range(30)]
-    import_qa(database, admin, lines, "test", 8000)
-    for _ in range(2):  # the same correction in two conversations: one row survives dedup
-        message_id = answered(database, staff, "How do I reach support?", "No idea.")
-        feedback.submit(
-            staff,
-            message_id,
-            thumb="down",
-            correction=f"Email {SECRET_EMAIL} or call {SECRET_PHONE}; ask for carol.smith.",
-        )
-        review.submit(reviewer, message_id, verdict="incorrect", correction="approve")
-    return database
 
 
 def test_build_splits_by_conversation_dedups_and_redacts_pii(settings, seeded):
@@ -131,6 +74,27 @@ def test_tiny_lora_run_changes_the_adapter_and_not_the_base(settings, seeded, ti
     base_after = load_file(tiny_model_dir / "model.safetensors")
     assert all(torch.equal(base_before[k], base_after[k]) for k in base_before)
     assert ("sft", 1, 2) == progress[0][:3]
+
+
+def test_only_thumbs_train_with_kto(settings, tiny_model_dir, tmp_path):
+    from training.train import train
+
+    database = Database(settings.db)
+    staff = user(database, "sam", "staff")
+    feedback = FeedbackService(database, 8000)
+    for i in range(6):
+        message_id = answered(database, staff, f"Question {i}?", f"Answer {i}.")
+        feedback.submit(staff, message_id, thumb="up" if i % 2 else "down")
+    build = datasets.build(database, TrainConfig(validation_percent=0), system_prompt="SYSTEM", gate=None)
+    assert (build.mode, build.domain_rows, build.counts["kto_train"]) == ("kto", 6, 6)
+    assert sorted(r["label"] for r in build.kto_train) == [False] * 3 + [True] * 3
+    assert build.counts["replay"] == round(0.25 * 6)  # general answers ride along as desirable rows
+    report = train(
+        str(tiny_model_dir), build, TrainConfig(max_steps=2, batch_size=1), tmp_path / "adapter", lambda *_: None
+    )
+    assert [(p["phase"], p["rows"], p["steps"]) for p in report["phases"]] == [("kto", 8, 2)]
+    adapter = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert any(t.abs().sum() > 0 for name, t in adapter.items() if "lora_B" in name)
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -38,6 +38,14 @@ class Build:
     def counts(self) -> dict:
         return self.snapshot["counts"]
 
+    @property
+    def mode(self) -> str:
+        return examples.recipe(len(self.sft_train), len(self.dpo_train), len(self.kto_train))[0]
+
+    @property
+    def domain_rows(self) -> int:
+        return examples.recipe(len(self.sft_train), len(self.dpo_train), len(self.kto_train))[1]
+
 
 def row_hash(row: dict) -> str:
     return hashlib.sha256(json.dumps(row, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
@@ -70,7 +78,7 @@ def build(database: Database, config: TrainConfig, *, system_prompt: str, gate: 
     lineage: list[dict] = []
     pii_counts: dict[str, int] = {}
     rows_redacted = 0
-    duplicates = 0
+    dropped: list[dict] = []
     seen: set[str] = set()
     for kind in examples.KINDS:
         for example in built[kind]:
@@ -82,8 +90,8 @@ def build(database: Database, config: TrainConfig, *, system_prompt: str, gate: 
                     for entity, n in found.items():
                         pii_counts[entity] = pii_counts.get(entity, 0) + n
             digest = row_hash({"kind": kind, **row})
-            if digest in seen:
-                duplicates += 1
+            if digest in seen:  # kept in the lineage: its content trained this version through its twin
+                dropped.append({"message_id": example.message_id, "kind": kind, "split": "duplicate", "hash": digest})
                 continue
             seen.add(digest)
             message = conversations.message(database, example.message_id)
@@ -97,7 +105,9 @@ def build(database: Database, config: TrainConfig, *, system_prompt: str, gate: 
 
     rng = random.Random(config.seed)
     general = load_general("replay")
-    wanted = min(len(general), round(config.replay_ratio * len(sides["sft"]["train"])))
+    _, domain_rows = examples.recipe(*(len(sides[kind]["train"]) for kind in examples.KINDS))
+    anchor = len(sides["sft"]["train"]) or domain_rows  # replay scales with what the model is taught
+    wanted = min(len(general), round(config.replay_ratio * anchor))
     replay = [
         with_system_prompt(
             {
@@ -119,7 +129,7 @@ def build(database: Database, config: TrainConfig, *, system_prompt: str, gate: 
         "kto_train": len(sides["kto"]["train"]),
         "kto_validation": len(sides["kto"]["validation"]),
         "replay": len(replay),
-        "duplicates_dropped": duplicates,
+        "duplicates_dropped": len(dropped),
     }
     snapshot = {
         "hash": hashlib.sha256("".join(sorted(r["hash"] for r in lineage)).encode()).hexdigest(),
@@ -132,6 +142,7 @@ def build(database: Database, config: TrainConfig, *, system_prompt: str, gate: 
         },
         "replay_source": str(GENERAL_QA.relative_to(REPO_ROOT)),
         "rows": lineage,
+        "duplicates": dropped,
     }
     return Build(
         sft_train=sides["sft"]["train"],

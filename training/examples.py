@@ -95,6 +95,14 @@ def build_examples(database: Database, decided: dict[int, Decision] | None = Non
     return out
 
 
+def recipe(sft: int, dpo: int, kto: int) -> tuple[str, int]:
+    """Which trainer the data calls for, and how many domain rows it has: SFT (then DPO) when there are
+    targets to learn; KTO when only thumbs exist; 'none' when there is nothing."""
+    if sft or dpo:
+        return "sft", sft + dpo
+    return ("kto", kto) if kto else ("none", 0)
+
+
 def thumb_labels(database: Database) -> list[tuple[int, bool]]:
     """Majority of each person's latest thumb per answer; ties are left out."""
     rows = database.query(

@@ -108,6 +108,7 @@ def start(
     overrides: dict | None = None,
     yaml_file: str | None = None,
     wait_in_thread: bool = True,
+    reason: str | None = None,
 ) -> dict:
     """Check everything that can be checked cheaply, then launch the worker. Refusals spend no compute."""
     config = load_config(overrides, yaml_file)
@@ -121,11 +122,11 @@ def start(
     except OSError as exc:
         raise InvalidRequest(f"The data home {settings.home} is not writable: {exc}") from exc
     built = examples.build_examples(database)
-    domain_rows = len(built["sft"]) + len(built["dpo"])
+    _, domain_rows = examples.recipe(*(len(built[kind]) for kind in examples.KINDS))
     if domain_rows < config.min_rows:
         raise InvalidRequest(
-            f"Too little training data: {domain_rows} SFT/DPO rows, and this run needs at least {config.min_rows}. "
-            "Review answers, approve corrections or import Q&A first."
+            f"Too little training data: {domain_rows} rows, and this run needs at least {config.min_rows}. "
+            "Review answers, approve corrections, rate answers or import Q&A first."
         )
     with database.write() as db:
         running = database.one("select id from jobs where status in ('queued', 'running')")
@@ -145,7 +146,7 @@ def start(
             )
             .last_pk
         )
-        audit.record(database, actor, "training.start", f"job:{job_id}", overrides=overrides or {})
+        audit.record(database, actor, "training.start", f"job:{job_id}", overrides=overrides or {}, reason=reason)
         if not config.pii_gate:
             audit.record(database, actor, "training.pii_override", f"job:{job_id}", reason=config.pii_override_reason)
     log = settings.home / "jobs" / f"{job_id}.log"
@@ -239,9 +240,8 @@ def run_worker(settings: Settings, job_id: int) -> int:
             names = [u["name"] for u in database.query("select name from users")]
             gate = PiiGate(names=names, patterns=settings.pii_patterns)
         build = datasets.build(database, config, system_prompt=settings.system_prompt, gate=gate)
-        domain = build.counts["sft_train"] + build.counts["dpo_train"]
-        if domain < config.min_rows:
-            raise InvalidRequest(f"Only {domain} training rows after the split; need {config.min_rows}.")
+        if build.domain_rows < config.min_rows:
+            raise InvalidRequest(f"Only {build.domain_rows} training rows after the split; need {config.min_rows}.")
         base_model = resolve_base_model(settings, log=lambda *_: None)
         shutil.rmtree(staging, ignore_errors=True)
         report = train(base_model, build, config, staging / "adapter", progress)

@@ -88,6 +88,10 @@ def register(
         os.replace(staging, final)
         try:
             db["versions"].insert(record)
+            db["version_rows"].insert_all(
+                {"version_id": version_id, **{k: r[k] for k in ("message_id", "kind", "split", "hash")}}
+                for r in snapshot["rows"] + snapshot["duplicates"]
+            )
             audit.record(database, created_by, "version.register", version_id, job=job_id, parent=parent)
         except BaseException:
             shutil.rmtree(final, ignore_errors=True)
@@ -158,6 +162,8 @@ def promote(database: Database, version_id: str, actor: str, reason: str) -> dic
         raise Conflict(f"{version_id} is already the current version.")
     if row["status"] == "failed":
         raise InvalidRequest(f"{version_id} failed; it cannot be promoted.")
+    if row.get("flagged"):
+        raise Conflict(f"{version_id} cannot be promoted: it was {row['flagged']}. Train a new version instead.")
     with database.write() as db:
         db.execute("update versions set status = 'archived' where status = 'current'")
         db["versions"].update(version_id, {"status": "current", "promoted_at": utcnow()})

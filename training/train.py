@@ -1,4 +1,4 @@
-"""TRL SFT, then DPO when preference pairs exist, with a LoRA adapter on the base model.
+"""TRL SFT, then DPO when preference pairs exist (KTO when only thumbs exist), with a LoRA adapter on the base.
 
 CPU-friendly: fp32, no gradient checkpointing (the model is small; checkpointing only costs time),
 no checkpoints written mid-run, one adapter saved at the end.
@@ -64,8 +64,6 @@ def _common_args(config: TrainConfig, out: str, epochs: float, learning_rate: fl
 
 def train(base_model: str, build: Build, config: TrainConfig, adapter_dir: Path, progress: Progress) -> dict:
     """Train and save the adapter; returns what happened (losses, steps, seconds) for the model card."""
-    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
-
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -79,45 +77,69 @@ def train(base_model: str, build: Build, config: TrainConfig, adapter_dir: Path,
         target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
         task_type="CAUSAL_LM",
     )
-    report: dict = {"phases": []}
+    phases: list[dict] = []
     with tempfile.TemporaryDirectory() as scratch:
-        sft_rows = build.sft_train + build.replay
-        started = time.monotonic()
-        sft = SFTTrainer(
-            model=model,
-            args=SFTConfig(
-                **_common_args(config, scratch, config.sft_epochs, config.learning_rate),
-                max_length=config.max_length,
-                eval_strategy="no",
-            ),
-            train_dataset=build_dataset(sft_rows),
-            processing_class=tokenizer,
-            peft_config=lora,
-            callbacks=[_Report("sft", progress)],
-        )
-        result = sft.train()
-        report["phases"].append(_phase("sft", result, len(sft_rows), time.monotonic() - started))
-        model = sft.model
-
-        if build.dpo_train and config.dpo_epochs > 0:
-            started = time.monotonic()
-            dpo = DPOTrainer(
-                model=model,
-                args=DPOConfig(
-                    **_common_args(config, scratch, config.dpo_epochs, config.dpo_learning_rate),
-                    beta=config.dpo_beta,
-                    max_length=config.max_length,
-                ),
-                train_dataset=build_dataset(build.dpo_train),
-                processing_class=tokenizer,
-                callbacks=[_Report("dpo", progress)],
-            )
-            result = dpo.train()
-            report["phases"].append(_phase("dpo", result, len(build.dpo_train), time.monotonic() - started))
-            model = dpo.model
+        recipe = _kto if build.mode == "kto" else _sft_then_dpo
+        model = recipe(model, tokenizer, lora, build, config, scratch, progress, phases)
     adapter_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(adapter_dir)
-    return report
+    return {"phases": phases}
+
+
+def _sft_then_dpo(model, tokenizer, lora, build: Build, config: TrainConfig, scratch: str, progress, phases):
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    sft_rows = build.sft_train + build.replay
+    started = time.monotonic()
+    sft = SFTTrainer(
+        model=model,
+        args=SFTConfig(
+            **_common_args(config, scratch, config.sft_epochs, config.learning_rate),
+            max_length=config.max_length,
+            eval_strategy="no",
+        ),
+        train_dataset=build_dataset(sft_rows),
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[_Report("sft", progress)],
+    )
+    phases.append(_phase("sft", sft.train(), len(sft_rows), time.monotonic() - started))
+    if not build.dpo_train or config.dpo_epochs == 0:
+        return sft.model
+    started = time.monotonic()
+    dpo = DPOTrainer(
+        model=sft.model,
+        args=DPOConfig(
+            **_common_args(config, scratch, config.dpo_epochs, config.dpo_learning_rate),
+            beta=config.dpo_beta,
+            max_length=config.max_length,
+        ),
+        train_dataset=build_dataset(build.dpo_train),
+        processing_class=tokenizer,
+        callbacks=[_Report("dpo", progress)],
+    )
+    phases.append(_phase("dpo", dpo.train(), len(build.dpo_train), time.monotonic() - started))
+    return dpo.model
+
+
+def _kto(model, tokenizer, lora, build: Build, config: TrainConfig, scratch: str, progress, phases):
+    """Only thumbs: KTO on the rated answers, with the replay set as desirable rows so general answers hold."""
+    from trl import KTOConfig, KTOTrainer
+
+    rows = build.kto_train + [{**r, "label": True} for r in build.replay]
+    args = _common_args(config, scratch, config.sft_epochs, config.dpo_learning_rate)
+    args["per_device_train_batch_size"] = max(2, config.batch_size)  # KTO's KL estimate needs a batch of 2+
+    started = time.monotonic()
+    kto = KTOTrainer(
+        model=model,
+        args=KTOConfig(**args, beta=config.dpo_beta, max_length=config.max_length),
+        train_dataset=build_dataset(rows),
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[_Report("kto", progress)],
+    )
+    phases.append(_phase("kto", kto.train(), len(rows), time.monotonic() - started))
+    return kto.model
 
 
 def build_dataset(rows: list[dict]):

@@ -233,3 +233,30 @@ def m003_training(db: sqlite_utils.Database) -> None:
         ("card_path", str),
     ):
         db["versions"].add_column(column, kind)
+
+
+@migrations()
+def m004_lineage_and_erasure(db: sqlite_utils.Database) -> None:
+    # Which answers trained which version (the snapshot's rows), queryable for erasure and the schedule.
+    # No foreign key on purpose: the record outlives an erased answer.
+    db["version_rows"].create(
+        {"version_id": str, "message_id": int, "kind": str, "split": str, "hash": str},
+        pk=("version_id", "kind", "message_id"),
+        not_null={"split", "hash"},
+    )
+    db["version_rows"].create_index(["message_id"])
+    db["erasures"].create(
+        {
+            "id": int,
+            "user_id": int,
+            "requested_by": str,
+            "reason": str,
+            "at": str,
+            "deleted": str,  # JSON: rows deleted per table
+            "versions_flagged": str,  # JSON list of version ids
+        },
+        pk="id",
+        not_null={"user_id", "requested_by", "at"},
+    )
+    # Set when a version was trained on data that has since been erased: it may not be promoted again.
+    db["versions"].add_column("flagged", str)
