@@ -18,7 +18,7 @@ from assistant.feedback import FeedbackService
 from assistant.store import Database, conversations
 from tests.conftest import REPO, SECRET_EMAIL, SECRET_PHONE, answered, user
 from training import datasets, jobs, registry
-from training.config import TrainConfig, load_config
+from training.config import TrainConfig, defaults_table, load_config
 
 
 def test_build_splits_by_conversation_dedups_and_redacts_pii(settings, seeded):
@@ -212,3 +212,7 @@ def test_api_trains_promotes_and_serves_the_new_version(tiny_server):
     assert httpx.post(url + "/v1/versions/rollback", json={"reason": "test"}, headers=admin).json()["id"] == "base"
     answer = httpx.post(url + "/v1/chat/completions", json=chat, headers=staff, timeout=60).json()
     assert answer["model"] == "base"
+
+
+def test_the_readme_lists_every_setting_with_its_default():
+    assert defaults_table() in (REPO / "README.md").read_text()

@@ -1,4 +1,5 @@
-"""The Admin tab: training data and exports, Q&A import, reviewer agreement and adjudication, users, audit."""
+"""The Admin tab: training data and exports, Q&A import, retraining and versions, reviewer agreement and
+adjudication, users (and erasure), audit."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from assistant import auth
+from assistant.erasure import erase_user
 from assistant.errors import HoneError
 from assistant.importer import import_qa
 from assistant.services import Hone
@@ -16,8 +18,8 @@ from assistant.store import audit, users, versions
 from assistant.ui.common import guard, ui_error
 from assistant.ui.render import counts_line, review_item
 from assistant.ui.review_tab import VERDICT_LABELS
-from training import examples, jobs, registry
-from training.config import parse_overrides
+from training import examples, jobs, registry, schedule
+from training.config import defaults_table, parse_yaml
 
 EXPORT_LINKS = " · ".join(f'<a href="/v1/export/{k}" download="{k}.jsonl">{k}.jsonl</a>' for k in examples.KINDS)
 
@@ -35,15 +37,19 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
             with gr.Row():
                 retrain = gr.Button("Retrain now", variant="primary", elem_id="admin-retrain")
                 cancel_run = gr.Button("Cancel run", elem_id="admin-cancel")
-            overrides = gr.Textbox(
-                label="Config overrides (KEY=VALUE, one per line; see the README for keys)",
-                lines=2,
-                elem_id="admin-overrides",
+            overrides = gr.Code(
+                label="Training config for this run (YAML, `key: value` per line; empty: the defaults)",
+                language="yaml",
+                lines=3,
+                elem_id="admin-config",
             )
+            with gr.Accordion("Settings and their defaults", open=False):
+                gr.Markdown(defaults_table())
             run_status = gr.Markdown(elem_id="admin-run-status")
+            schedule_status = gr.Markdown(elem_id="admin-schedule")
             loss_plot = gr.LinePlot(x="step", y="loss", color="phase", label="Training loss", elem_id="admin-loss")
             versions_table = gr.Dataframe(
-                headers=["id", "status", "parent", "created_by", "created_at", "snapshot", "sft", "dpo"],
+                headers=["id", "status", "parent", "created_by", "created_at", "snapshot", "sft", "dpo", "flagged"],
                 label="Versions (lineage)",
             )
             with gr.Row():
@@ -76,6 +82,9 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
                 change_role = gr.Button("Set role")
                 disable_user = gr.Button("Disable")
                 enable_user = gr.Button("Enable")
+            with gr.Row():
+                erase_reason = gr.Textbox(label="Why erase (recorded)", elem_id="admin-erase-reason")
+                erase_user_data = gr.Button("Erase this user's data", variant="stop", elem_id="admin-erase")
             user_status = gr.Markdown()
         with gr.Accordion("Audit log", open=False):
             audit_table = gr.Dataframe(headers=["at", "actor", "action", "target", "details"], label="Latest 200")
@@ -142,6 +151,17 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
     def _audit():
         return [[a["at"], a["actor"], a["action"], a["target"], a["details"]] for a in audit.recent(hone.database, 200)]
 
+    def erase(name: str, why: str, request: gr.Request):
+        admin = guard(hone, request, "admin")
+        try:
+            result = erase_user(hone.database, admin, (name or "").strip(), why)
+        except HoneError as exc:
+            raise ui_error(exc) from exc
+        flagged = ", ".join(result["versions_flagged"]) or "none"
+        deleted = ", ".join(f"{n} {table}" for table, n in result["deleted"].items()) or "nothing"
+        note = f"Erased {name}'s data: {deleted}. Versions flagged: {flagged}."
+        return note, _users(), _audit(), *training_view()
+
     def user_action(action: str):
         def run(name: str, role: str, request: gr.Request):
             admin = guard(hone, request, "admin")
@@ -193,9 +213,21 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
                     (v["snapshot_hash"] or "")[:12],
                     c.get("sft_train"),
                     c.get("dpo_train"),
+                    v["flagged"] or "",
                 ]
             )
-        return status, plot, rows
+        return status, schedule_line(), plot, rows
+
+    def schedule_line() -> str:
+        s = hone.settings
+        if not (s.retrain_min_new_items or s.retrain_every_hours):
+            return "Schedule: off (set `ASSISTANT_RETRAIN_MIN_NEW_ITEMS` or `ASSISTANT_RETRAIN_EVERY_HOURS`)."
+        rules = []
+        if s.retrain_min_new_items:
+            rules.append(f"at {s.retrain_min_new_items} new approved answers")
+        if s.retrain_every_hours:
+            rules.append(f"every {s.retrain_every_hours:g} h when anything is new")
+        return f"Schedule: retrain {' or '.join(rules)}. New now: {schedule.new_items(hone.database)}."
 
     def refresh_training(request: gr.Request):
         guard(hone, request, "admin")
@@ -204,7 +236,7 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
     def start_run(text: str, request: gr.Request):
         admin = guard(hone, request, "admin")
         try:
-            jobs.start(hone.database, hone.settings, admin.name, parse_overrides((text or "").split()))
+            jobs.start(hone.database, hone.settings, admin.name, parse_yaml(text or "", "The training config"))
         except HoneError as exc:
             raise ui_error(exc) from exc
         return training_view()
@@ -236,7 +268,7 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
 
         return run
 
-    training_outputs = [run_status, loss_plot, versions_table]
+    training_outputs = [run_status, schedule_status, loss_plot, versions_table]
     retrain.click(start_run, [overrides], training_outputs, api_name="retrain")
     cancel_run.click(cancel_latest, None, training_outputs, api_name="cancel_training")
     poll.tick(refresh_training, None, training_outputs, api_name=False, show_progress="hidden")
@@ -260,4 +292,5 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
     change_role.click(user_action("role"), user_inputs, user_outputs, api_name="set_role")
     disable_user.click(user_action("disable"), user_inputs, user_outputs, api_name="disable_user")
     enable_user.click(user_action("enable"), user_inputs, user_outputs, api_name="enable_user")
+    erase_user_data.click(erase, [user_name, erase_reason], [*user_outputs, *training_outputs], api_name="erase_user")
     return tab
