@@ -198,3 +198,27 @@ def bundled_server_db(server):
     from assistant.store import Database
 
     return Database(server.env["ASSISTANT_DB"])
+
+
+def test_admin_retrains_from_the_admin_tab_and_watches_progress(browser, bundled_server, tmp_path):
+    admin = make_user(bundled_server, "browser-trainer", "admin")
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("\n".join(json.dumps({"question": f"Browser Q{i}?", "answer": f"Answer {i}."}) for i in range(4)))
+    assert bundled_server.cli("import-qa", str(qa)).returncode == 0
+    page = sign_in(browser, bundled_server, admin)
+    page.get_by_role("tab", name="Admin").click()
+    page.wait_for_selector("#admin-retrain", state="visible", timeout=30_000)
+    page.click("#admin-config .cm-content")
+    page.keyboard.type("max_steps: 6\nbatch_size: 2\n")
+    page.click("#admin-retrain")
+    page.wait_for_selector("#admin-progress", timeout=120_000)  # the live bar, fed by the 2 s poll
+    shot(page, "admin-training")
+    page.wait_for_selector("#admin-run-status:has-text('registered')", timeout=180_000)
+    status = page.inner_text("#admin-run-status")
+    assert "succeeded" in status
+    version = re.search(r"registered (v\d+)", status).group(1)
+    assert page.locator("#admin-loss").is_visible()
+    db = bundled_server_db(bundled_server)
+    job = db.one("select * from jobs order by id desc limit 1")
+    assert job["created_by"] == "browser-trainer" and json.loads(job["config"])["max_steps"] == 6
+    assert db.one("select status from versions where id = ?", [version])["status"] == "candidate"

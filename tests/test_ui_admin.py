@@ -44,12 +44,12 @@ def test_admin_retrains_with_yaml_promotes_and_erases_in_the_ui(server, tmp_path
     assert server.hone.database.query("select id from jobs") == []  # refusals start nothing
 
     status, schedule, _, versions = admin.predict("max_steps: 2\nbatch_size: 4", api_name="/retrain")
-    assert status.startswith("**Run 1:") and schedule.startswith("Schedule: off")
+    assert "<b>Run 1: queued</b>" in status and schedule.startswith("Schedule: off")
     job = wait_for_run(server.hone.database, 1)
     assert job["status"] == "succeeded" and job["config"]["max_steps"] == 2, job["error"]
 
     status, _, _, versions = admin.predict(api_name="/admin_overview")[3:7]
-    assert "registered **v1**" in status
+    assert "<b>Run 1: succeeded</b>" in status and "registered <b>v1</b>" in status
     assert [row[:3] for row in versions["data"]] == [["base", "current", None], ["v1", "candidate", "base"]]
 
     with pytest.raises(AppError, match="reason"):

@@ -260,3 +260,24 @@ def m004_lineage_and_erasure(db: sqlite_utils.Database) -> None:
     )
     # Set when a version was trained on data that has since been erased: it may not be promoted again.
     db["versions"].add_column("flagged", str)
+
+
+@migrations()
+def m005_evaluation(db: sqlite_utils.Database) -> None:
+    # One row per (version, evaluation set) run: the numbers the gate and the model card show.
+    db["evaluations"].create(
+        {
+            "id": int,
+            "version": str,
+            "dataset": str,  # domain | general | paraphrase | file:NAME
+            "dataset_hash": str,  # the records evaluated, so results on the same set can be compared
+            "n": int,
+            "result": str,  # JSON: cosine, rouge_l (mean and ci95), mean_words, settings
+            "created_by": str,
+            "created_at": str,
+        },
+        pk="id",
+        not_null={"version", "dataset", "dataset_hash", "n", "result", "created_at"},
+    )
+    db["evaluations"].create_index(["version", "dataset"])
+    db["versions"].add_column("gate", str)  # JSON: the latest promotion-gate verdict and its reasons

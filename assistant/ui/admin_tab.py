@@ -16,7 +16,7 @@ from assistant.importer import import_qa
 from assistant.services import Hone
 from assistant.store import audit, users, versions
 from assistant.ui.common import guard, ui_error
-from assistant.ui.render import counts_line, review_item
+from assistant.ui.render import counts_line, review_item, run_status
 from assistant.ui.review_tab import VERDICT_LABELS
 from training import examples, jobs, registry, schedule
 from training.config import defaults_table, parse_yaml
@@ -45,7 +45,7 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
             )
             with gr.Accordion("Settings and their defaults", open=False):
                 gr.Markdown(defaults_table())
-            run_status = gr.Markdown(elem_id="admin-run-status")
+            status_view = gr.HTML(elem_id="admin-run-status")
             schedule_status = gr.Markdown(elem_id="admin-schedule")
             loss_plot = gr.LinePlot(x="step", y="loss", color="phase", label="Training loss", elem_id="admin-loss")
             versions_table = gr.Dataframe(
@@ -188,17 +188,9 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
     def training_view():
         jobs.reap(hone.database, hone.settings)
         recent = jobs.list_recent(hone.database, 1)
-        status, plot = "No training run yet.", None
-        if recent:
-            job = recent[0]
-            p = job["progress"]
-            status = f"**Run {job['id']}: {job['status']}** · {p.get('phase', '')}"
-            if p.get("total"):
-                status += f" · step {p['step']}/{p['total']} · loss {p['loss']:.4f} · ETA {p.get('eta_s') or 0:.0f} s"
-            if job["version"]:
-                status += f" · registered **{job['version']}**"
-            if job["error"]:
-                status += f" · {job['error']}"
+        job = recent[0] if recent else None
+        plot = None
+        if job is not None:
             plot = pd.DataFrame(jobs.losses(hone.database, job["id"]) or [], columns=["phase", "step", "loss", "at"])
         rows = []
         for v in versions.list_all(hone.database):
@@ -216,7 +208,7 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
                     v["flagged"] or "",
                 ]
             )
-        return status, schedule_line(), plot, rows
+        return run_status(job), schedule_line(), plot, rows
 
     def schedule_line() -> str:
         s = hone.settings
@@ -268,7 +260,7 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
 
         return run
 
-    training_outputs = [run_status, schedule_status, loss_plot, versions_table]
+    training_outputs = [status_view, schedule_status, loss_plot, versions_table]
     retrain.click(start_run, [overrides], training_outputs, api_name="retrain")
     cancel_run.click(cancel_latest, None, training_outputs, api_name="cancel_training")
     poll.tick(refresh_training, None, training_outputs, api_name=False, show_progress="hidden")

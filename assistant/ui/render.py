@@ -1,4 +1,4 @@
-"""Markdown views of core records for the UI (presentation only)."""
+"""Markdown and HTML views of core records for the UI (presentation only)."""
 
 from __future__ import annotations
 
@@ -48,3 +48,20 @@ def counts_line(counts: dict) -> str:
         f" — held back: {counts['disputed']} disputed, {counts['pending_corrections']} corrections awaiting review,"
         f" {counts['rejected_corrections']} rejected"
     )
+
+
+def run_status(job: dict | None) -> str:
+    """A training run as HTML: a progress bar for the current phase, then step, loss, ETA, outcome."""
+    if job is None:
+        return "<p>No training run yet.</p>"
+    p = job["progress"]
+    parts = [f"<b>Run {job['id']}: {html.escape(job['status'])}</b>", html.escape(p.get("phase", ""))]
+    bar = ""
+    if p.get("total"):
+        parts.append(f"step {p['step']}/{p['total']} · loss {p['loss']:.4f} · ETA {p.get('eta_s') or 0:.0f} s")
+        bar = f'<progress id="admin-progress" max="{p["total"]}" value="{p["step"]}"></progress>'
+    if job["version"]:
+        parts.append(f"registered <b>{html.escape(job['version'])}</b>")
+    if job["error"]:
+        parts.append(html.escape(job["error"]))
+    return f"{bar}<p>{' · '.join(part for part in parts if part)}</p>"
