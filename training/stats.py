@@ -118,7 +118,10 @@ def bradley_terry(
         {
             "item": item,
             "score": round(float(scores[i]), 4),
-            "ci95": [round(float(np.percentile(draws[:, i], 2.5)), 4), round(float(np.percentile(draws[:, i], 97.5)), 4)],
+            "ci95": [
+                round(float(np.percentile(draws[:, i], 2.5)), 4),
+                round(float(np.percentile(draws[:, i], 97.5)), 4),
+            ],
             **tally[item],
         }
         for i, item in enumerate(items)
