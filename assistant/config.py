@@ -60,6 +60,20 @@ class Settings(BaseSettings):
     retrain_config_file: Path | None = Field(None, description="YAML training config for scheduled runs")
     schedule_check_seconds: float = Field(300.0, gt=0, description="how often the schedule looks")
 
+    gate_min_domain_gain: float = Field(
+        0.0, ge=0.0, le=1.0, description="promotion gate: how much the candidate's domain cosine must gain"
+    )
+    gate_min_retention: float = Field(
+        0.98, ge=0.0, le=1.0, description="promotion gate: general cosine at least this share of the current's"
+    )
+
+    ab_auto_rollback: bool = Field(
+        False, description="end a live A/B test by itself when the candidate's thumbs-down rate is significantly worse"
+    )
+    ab_rollback_min_rated: int = Field(
+        20, ge=1, description="automatic rollback: thumbed answers each version needs before it may act"
+    )
+
     session_hours: float = Field(12.0, gt=0, description="browser sessions expire after this")
     secure_cookies: bool = Field(False, description="set Secure on cookies (serve over TLS)")
     login_max_failures: int = Field(5, ge=1, description="failed logins before a lockout")

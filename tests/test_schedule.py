@@ -64,7 +64,7 @@ def test_a_running_app_retrains_on_its_own_when_enough_is_new(tmp_path, tiny_mod
     from app import create_app
 
     recipe = tmp_path / "scheduled.yaml"
-    recipe.write_text("max_steps: 1\nbatch_size: 4\n")
+    recipe.write_text("max_steps: 1\nbatch_size: 4\nevaluate: false\n")
     settings = tiny_settings(
         tmp_path,
         tiny_model_dir,

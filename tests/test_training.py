@@ -110,7 +110,8 @@ def cli_env(settings, tiny_model_dir, monkeypatch):
 
 
 def test_cli_run_registers_a_candidate_with_its_card(settings, seeded, cli_env):
-    result = run_cli("run", "--wait", "--json", "--set", "max_steps=2", "--set", "batch_size=4", env=cli_env)
+    quick = ["--set", "max_steps=2", "--set", "batch_size=4", "--set", "eval_max_new_tokens=4"]
+    result = run_cli("run", "--wait", "--json", *quick, env=cli_env)
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     assert (record["id"], record["status"], record["parent"]) == ("v1", "candidate", "base")
@@ -118,6 +119,7 @@ def test_cli_run_registers_a_candidate_with_its_card(settings, seeded, cli_env):
     home = Path(cli_env["ASSISTANT_HOME"])
     version_dir = home / "versions" / "v1"
     card = (version_dir / "MODEL_CARD.md").read_text()
+    assert (version_dir / "validation.jsonl").exists() and (version_dir / "paraphrases.jsonl").exists()
     assert f"Snapshot `{record['snapshot_hash']}`" in card and "Gate on" in card
     assert (version_dir / "adapter" / "adapter_model.safetensors").exists()
     snapshot = json.loads((version_dir / "snapshot.json").read_text())
@@ -128,7 +130,15 @@ def test_cli_run_registers_a_candidate_with_its_card(settings, seeded, cli_env):
     shown = json.loads(run_cli("show", "v1", "--json", env=cli_env).stdout)
     assert shown["model_card"] == card
 
-    promoted = json.loads(run_cli("promote", "v1", "--reason", "test", env=cli_env).stdout)
+    # the run evaluated v1 and the current version, and put the gate's verdict in the card
+    assert "| v1 | general | 60 |" in card and "| base | general | 60 |" in card and "Gate " in card
+    verdict = json.loads(Database(settings.db).one("select gate from versions where id = 'v1'")["gate"])
+    assert verdict["against"] == "base" and [r["rule"] for r in verdict["rules"]] == ["domain", "retention"]
+    refused = run_cli("promote", "v1", "--reason", "test", env=cli_env)
+    if not verdict["passed"]:  # a random tiny model rarely passes: the override is audited
+        assert refused.returncode == 2 and "gate" in refused.stderr
+        refused = run_cli("promote", "v1", "--reason", "test", "--override", env=cli_env)
+    promoted = json.loads(refused.stdout)
     assert promoted["status"] == "current"
     back = json.loads(run_cli("rollback", "--reason", "test", env=cli_env).stdout)
     assert back["id"] == "base" and back["status"] == "current"
@@ -187,7 +197,8 @@ def test_api_trains_promotes_and_serves_the_new_version(tiny_server):
     bad = httpx.post(url + "/v1/training/runs", json={"config": {"lora_r": 0}}, headers=admin)
     assert bad.status_code == 400 and "lora_r" in bad.json()["error"]["message"]
 
-    run = httpx.post(url + "/v1/training/runs", json={"config": {"max_steps": 2, "batch_size": 4}}, headers=admin)
+    quick = {"max_steps": 2, "batch_size": 4, "evaluate": False}
+    run = httpx.post(url + "/v1/training/runs", json={"config": quick}, headers=admin)
     assert run.status_code == 202, run.text
     deadline = time.monotonic() + 120
     while (job := httpx.get(f"{url}/v1/training/runs/{run.json()['id']}", headers=admin).json())[
@@ -204,7 +215,10 @@ def test_api_trains_promotes_and_serves_the_new_version(tiny_server):
     assert version["status"] == "candidate" and "# Model card" in version["model_card"]
 
     assert httpx.post(f"{url}/v1/versions/{job['version']}/promote", json={}, headers=admin).status_code == 422
-    promoted = httpx.post(f"{url}/v1/versions/{job['version']}/promote", json={"reason": "test"}, headers=admin)
+    unevaluated = httpx.post(f"{url}/v1/versions/{job['version']}/promote", json={"reason": "t"}, headers=admin)
+    assert unevaluated.status_code == 409 and "not been evaluated" in unevaluated.json()["error"]["message"]
+    override = {"reason": "test", "override": True}
+    promoted = httpx.post(f"{url}/v1/versions/{job['version']}/promote", json=override, headers=admin)
     assert promoted.status_code == 200
     chat = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}
     answer = httpx.post(url + "/v1/chat/completions", json=chat, headers=staff, timeout=60).json()

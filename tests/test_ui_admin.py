@@ -43,7 +43,9 @@ def test_admin_retrains_with_yaml_promotes_and_erases_in_the_ui(server, tmp_path
             admin.predict(bad, api_name="/retrain")
     assert server.hone.database.query("select id from jobs") == []  # refusals start nothing
 
-    status, schedule, _, versions = admin.predict("max_steps: 2\nbatch_size: 4", api_name="/retrain")
+    status, schedule, _, versions = admin.predict(
+        "max_steps: 2\nbatch_size: 4\neval_max_new_tokens: 4", api_name="/retrain"
+    )
     assert "<b>Run 1: queued</b>" in status and schedule.startswith("Schedule: off")
     job = wait_for_run(server.hone.database, 1)
     assert job["status"] == "succeeded" and job["config"]["max_steps"] == 2, job["error"]

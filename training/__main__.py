@@ -5,7 +5,8 @@ python -m training runs [--json]            recent training runs
 python -m training cancel JOB_ID
 python -m training list [--json]            versions and their lineage
 python -m training show VERSION [--json]    one version and its model card
-python -m training promote VERSION [--reason TEXT]
+python -m training eval VERSION [--data FILE.jsonl] [--json] [--max-tokens N]
+python -m training promote VERSION [--reason TEXT] [--override]
 python -m training rollback [--reason TEXT]
 """
 
@@ -14,12 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from assistant import auth
 from assistant.config import get_settings
-from assistant.errors import HoneError
+from assistant.errors import HoneError, InvalidRequest, NotFound
+from assistant.model_files import resolve_base_model
 from assistant.store import Database, versions
-from training import jobs, registry
+from training import gate, jobs, registry
 from training.config import parse_overrides
 
 
@@ -41,14 +44,61 @@ def make_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="one version and its model card")
     show.add_argument("version")
     show.add_argument("--json", action="store_true")
+    evaluation = commands.add_parser("eval", help="score a version's answers against references")
+    evaluation.add_argument("version")
+    evaluation.add_argument("--data", help="JSONL of {question, answer} (default: the version's standard sets)")
+    evaluation.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluation.add_argument("--max-tokens", type=int, default=128, help="answer length (default 128)")
     promote = commands.add_parser("promote", help="make a version current")
     promote.add_argument("version")
     promote.add_argument("--reason", default="command line")
+    promote.add_argument("--override", action="store_true", help="promote although the gate failed (audited)")
     rollback = commands.add_parser("rollback", help="make the previous version current again")
     rollback.add_argument("--reason", default="command line")
     worker = commands.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("job_id", type=int)
     return parser
+
+
+def run_eval(database: Database, settings, args: argparse.Namespace) -> str:
+    from training import evaluate
+    from training.generate import BatchGenerator
+    from training.metrics import Scorer
+
+    if args.max_tokens < 1:
+        raise InvalidRequest("--max-tokens must be at least 1.")
+    if versions.get(database, args.version) is None:
+        raise NotFound(f"No version {args.version!r}.")
+    if args.data is None:
+        outcome = evaluate.evaluate_candidate(database, settings, args.version, "cli", max_new_tokens=args.max_tokens)
+        if args.json:
+            return json.dumps(outcome)
+        return "\n".join(
+            [json.dumps(r) for sets in outcome["results"].values() for r in sets.values()]
+            + [gate.explain(outcome["gate"])]
+        )
+    records = evaluate.records_from_rows(evaluate.read_jsonl(args.data), settings.system_prompt, args.data)
+    generator = BatchGenerator(
+        resolve_base_model(settings, log=lambda *_: None), dtype=settings.dtype, threads=settings.threads
+    )
+    result = evaluate.evaluate(
+        database,
+        args.version,
+        f"file:{Path(args.data).name}",
+        records,
+        generator,
+        Scorer(),
+        "cli",
+        max_new_tokens=args.max_tokens,
+    )
+    summary = evaluate.summary(result)
+    if args.json:
+        return json.dumps(summary)
+    return (
+        f"{summary['version']} on {summary['data']} (n={summary['n']}): cosine {summary['cosine']['mean']} "
+        f"{summary['cosine']['ci95']}, ROUGE-L {summary['rouge_l']['mean']} {summary['rouge_l']['ci95']}, "
+        f"{summary['mean_words']} words"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
             record = registry.describe(database, args.version)
             card = record["model_card"]
             print(json.dumps(record) if args.json else card or json.dumps(record, indent=2))
+        elif args.command == "eval":
+            print(run_eval(database, settings, args))
         elif args.command == "promote":
-            print(json.dumps(registry.promote(database, args.version, "cli", args.reason)))
+            print(json.dumps(registry.promote(database, args.version, "cli", args.reason, override=args.override)))
         elif args.command == "rollback":
             print(json.dumps(registry.rollback(database, "cli", args.reason)))
     except HoneError as exc:

@@ -39,6 +39,9 @@ class TrainConfig(BaseModel):
     threads: int = Field(0, ge=0, le=256, description="torch threads (0: torch's default)")
     bf16: bool = Field(True, description="bf16 autocast (weights stay fp32): 1.5x faster here, half the memory")
     gradient_checkpointing: bool = Field(True, description="recompute activations: much less memory, ~5% slower")
+    # evaluation
+    evaluate: bool = Field(True, description="after training, evaluate candidate and current and run the gate")
+    eval_max_new_tokens: int = Field(128, ge=1, le=2048, description="answer length in evaluation")
     # governance
     pii_gate: bool = Field(True, description="redact personal data; off needs pii_override_reason")
     pii_override_reason: str | None = Field(None, description="why the PII gate may be off (audited)")

@@ -245,8 +245,12 @@ def run_worker(settings: Settings, job_id: int) -> int:
         base_model = resolve_base_model(settings, log=lambda *_: None)
         shutil.rmtree(staging, ignore_errors=True)
         report = train(base_model, build, config, staging / "adapter", progress)
+        staging.mkdir(parents=True, exist_ok=True)
+        (staging / "validation.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in build.sft_validation), encoding="utf-8"
+        )
         progress.phase("registering")
-        with database.write():
+        with database.write() as db:
             if get(database, job_id)["status"] != "running":
                 raise RuntimeError("the run was cancelled")
             record = registry.register(
@@ -261,6 +265,28 @@ def run_worker(settings: Settings, job_id: int) -> int:
                 snapshot=build.snapshot,
                 report=report,
             )
+            if config.evaluate:  # registered; the run ends after evaluation
+                db["jobs"].update(job_id, {"version": record["id"]})
+            else:
+                _finish(database, job_id, "succeeded", version=record["id"])
+        if config.evaluate:
+            progress.phase("evaluating")
+            from training.evaluate import evaluate_candidate
+
+            try:
+                evaluate_candidate(
+                    database,
+                    settings,
+                    record["id"],
+                    job["created_by"],
+                    train_rows=build.sft_train,
+                    max_new_tokens=config.eval_max_new_tokens,
+                )
+            except Exception as exc:  # noqa: BLE001 - the version stands; the gate just has no verdict
+                verdict = {"passed": False, "error": f"evaluation failed: {type(exc).__name__}: {exc}", "rules": []}
+                from training import gate
+
+                gate.record(database, record["id"], verdict, job["created_by"])
             _finish(database, job_id, "succeeded", version=record["id"])
         return 0
     except BaseException as exc:  # noqa: BLE001 - every failure must end as a failed job

@@ -145,16 +145,51 @@ Gate {gate}. Rows redacted: {pii["rows_redacted"]}. Redactions by type: {redacti
 
 Libraries: {libraries}.
 
-## Evaluation
-Not evaluated yet: the evaluation gate adds its results here.
-
+{EVALUATION_HEADING}{NOT_EVALUATED}
 ## Limitations
 A small model (135M parameters) tuned on a small set of reviewed answers: it can state wrong facts
 fluently, and what it learned is limited to what reviewers approved.
 """
 
 
-def promote(database: Database, version_id: str, actor: str, reason: str) -> dict:
+EVALUATION_HEADING = "## Evaluation\n"
+NOT_EVALUATED = "Not evaluated yet: the evaluation gate adds its results here.\n"
+
+
+def evaluation_section(results: dict[str, dict[str, dict]], verdict: dict) -> str:
+    """Every set's scores for the candidate and the version it was compared with, then the gate's verdict."""
+    from training.gate import explain
+
+    lines = [
+        "Greedy answers scored against references: embedding cosine (all-MiniLM-L6-v2) and ROUGE-L F1, means",
+        "with 95 % bootstrap intervals. `domain`: held-out validation slice; `paraphrase`: training questions in",
+        "other words; `general`: general-ability questions (retention).",
+        "",
+        "| version | set | n | cosine | ROUGE-L | mean words |",
+        "|---|---|---|---|---|---|",
+    ]
+    for version_id, sets in results.items():
+        for name, r in sets.items():
+            cos, rouge = r["cosine"], r["rouge_l"]
+            lines.append(
+                f"| {version_id} | {name} | {r['n']} | {cos['mean']:.3f} [{cos['ci95'][0]:.3f}, {cos['ci95'][1]:.3f}] "
+                f"| {rouge['mean']:.3f} [{rouge['ci95'][0]:.3f}, {rouge['ci95'][1]:.3f}] | {r['mean_words']} |"
+            )
+    return "\n".join(lines) + "\n\n" + explain(verdict) + "\n"
+
+
+def write_evaluation(version: dict, results: dict[str, dict[str, dict]], verdict: dict) -> None:
+    """Put the evaluation into the version's model card, replacing any earlier one."""
+    card = Path(version["card_path"])
+    text = card.read_text()
+    head, _, rest = text.partition(EVALUATION_HEADING)
+    _, sep, tail = rest.partition("\n## ")
+    card.write_text(head + EVALUATION_HEADING + evaluation_section(results, verdict) + ("\n## " + tail if sep else ""))
+
+
+def promote(database: Database, version_id: str, actor: str, reason: str, override: bool = False) -> dict:
+    """Make a version current. A trained version must have passed the gate, unless an admin overrides it
+    (the override is audited with the reason and the verdict it overrode)."""
     row = versions.get(database, version_id)
     if row is None:
         raise NotFound(f"No version {version_id!r}.")
@@ -164,10 +199,15 @@ def promote(database: Database, version_id: str, actor: str, reason: str) -> dic
         raise InvalidRequest(f"{version_id} failed; it cannot be promoted.")
     if row.get("flagged"):
         raise Conflict(f"{version_id} cannot be promoted: it was {row['flagged']}. Train a new version instead.")
+    verdict = json.loads(row["gate"]) if row.get("gate") else None
+    gated = version_id != "base" and not (verdict and verdict.get("passed"))
+    if gated and not override:
+        why = "it has not been evaluated" if verdict is None else "it failed the promotion gate"
+        raise Conflict(f"{version_id} cannot be promoted: {why}. Evaluate it, or override the gate with a reason.")
     with database.write() as db:
         db.execute("update versions set status = 'archived' where status = 'current'")
         db["versions"].update(version_id, {"status": "current", "promoted_at": utcnow()})
-        audit.record(database, actor, "version.promote", version_id, reason=reason)
+        audit.record(database, actor, "version.promote", version_id, reason=reason, gate_overridden=gated)
     return versions.get(database, version_id)
 
 
