@@ -82,6 +82,29 @@ class ReasonIn(BaseModel):
     reason: str = Field(..., min_length=1, max_length=2000)
 
 
+class PromoteIn(ReasonIn):
+    override: bool = Field(False, description="promote although the gate failed or never ran (audited)")
+
+
+class ABIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    candidate: Any = Field(None, description="the candidate version id (may be left out with split 0)")
+    split: Any = Field(..., description="share of NEW conversations sent to the candidate, 0-1; 0 ends the test")
+
+
+class CompareIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: Any = Field(None, description="the question both versions answer (source 'typed')")
+    versions: Any = Field(None, description="two version ids; default: current and the candidate")
+    source: Any = Field(None, description="'typed' (default), or draw the prompt: 'staff' or 'validation'")
+    max_tokens: Any = Field(None, description="answer length (default: the server's)")
+
+
+class VoteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vote: Any = Field(..., description="'a', 'b', 'tie' or 'both_bad'")
+
+
 class StopResult(BaseModel):
     stopped: bool
 
@@ -330,8 +353,32 @@ def build_api(hone: Hone) -> APIRouter:
         return registry.rollback(hone.database, admin.name, body.reason)
 
     @router.post("/v1/versions/{version_id}/promote", tags=["versions"])
-    def promote_version(version_id: str, body: ReasonIn, admin: Admin) -> dict:
-        return registry.promote(hone.database, version_id, admin.name, body.reason)
+    def promote_version(version_id: str, body: PromoteIn, admin: Admin) -> dict:
+        return registry.promote(hone.database, version_id, admin.name, body.reason, override=body.override)
+
+    @router.put("/v1/ab", tags=["versions"])
+    def set_ab(body: ABIn, admin: Admin) -> dict:
+        """Send a share of new `current` conversations to a candidate; split 0 ends the test."""
+        return hone.ab.set_split(admin, body.candidate, body.split)
+
+    @router.get("/v1/ab", tags=["versions"])
+    def ab_stats(admin: Admin) -> dict:
+        """The test's state and, per version, rates and means with 95 % intervals and p-values vs current."""
+        return hone.ab.stats()
+
+    @router.post("/v1/compare", tags=["compare"])
+    def compare(body: CompareIn, reviewer: Reviewer) -> dict:
+        """Two anonymous answers to one prompt, as A and B in random order (names come with the vote)."""
+        return hone.compare.create(reviewer, body.prompt, body.versions, body.source, body.max_tokens)
+
+    @router.post("/v1/compare/{comparison_id}/vote", tags=["compare"])
+    def compare_vote(comparison_id: int, body: VoteIn, reviewer: Reviewer) -> dict:
+        return hone.compare.vote(reviewer, comparison_id, body.vote)
+
+    @router.get("/v1/leaderboard", tags=["compare"])
+    def leaderboard(reviewer: Reviewer) -> dict:
+        """Bradley–Terry scores (log-strength, 95 % bootstrap interval) from every blind vote."""
+        return hone.compare.leaderboard()
 
     return router
 

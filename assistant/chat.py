@@ -106,7 +106,7 @@ class ChatService:
         if isinstance(conversation_id, bool) or not isinstance(conversation_id, int):
             raise InvalidRequest("conversation_id must be an integer.")
         row = conversations.get(self.database, conversation_id)
-        if row is None or row["user_id"] != user.id:
+        if row is None or row["user_id"] != user.id or row["source"] != "chat":
             raise NotFound(f"No conversation {conversation_id} of yours.")
         return row
 
@@ -132,9 +132,9 @@ class ChatService:
         conversation = None if conversation_id is None else self.own_conversation(user, conversation_id)
         if not isinstance(model, str) or not model:
             raise InvalidRequest("'model' must be a non-empty string.")
-        version = choose_version(self.database, model, conversation)
+        route = choose_version(self.database, model, conversation)
         history = [] if conversation is None else self._history(conversation["id"])
-        return self._launch(user, conversation_id, history, new_messages, version, params)
+        return self._launch(user, conversation_id, history, new_messages, route.version, params, ab_test=route.ab_test)
 
     def retry(self, user: User, conversation_id: int, *, max_tokens: object = None, temperature: object = None) -> Turn:
         """Answer the conversation's last user message again; the new answer replaces the last one."""
@@ -146,20 +146,18 @@ class ChatService:
         if not history or history[-1]["role"] != "user":
             raise InvalidRequest("There is no question to answer again.")
         params = self.sampling(max_tokens, temperature)
-        version = choose_version(self.database, "current", conversation)
-        return self._launch(user, conversation_id, history, [], version, params, replaces=replaces)
+        route = choose_version(self.database, "current", conversation)
+        return self._launch(user, conversation_id, history, [], route.version, params, replaces=replaces)
 
     def _history(self, conversation_id: int) -> list[dict]:
         return conversations.context(self.database, conversation_id)
 
-    def _launch(self, user, conversation_id, history, new_messages, version_row, params, replaces=None) -> Turn:
+    def _launch(
+        self, user, conversation_id, history, new_messages, version_row, params, replaces=None, ab_test=None
+    ) -> Turn:
         version = version_row["id"]
-        self._ensure_loaded(version_row)
-        context = [{"role": m["role"], "content": m["content"]} for m in history + new_messages]
-        if not any(m["role"] == "system" for m in context):
-            context.insert(0, {"role": "system", "content": self.settings.system_prompt})
-        budget = self.settings.max_context_tokens - params.max_new_tokens
-        input_ids = self.engine.encode_chat(context, max(budget, 16))
+        self.ensure_loaded(version_row)
+        input_ids = self.encode(history + new_messages, params)
         conversation_id, message_id = conversations.start_turn(
             self.database,
             user_id=user.id,
@@ -168,20 +166,31 @@ class ChatService:
             version=version,
             temperature=params.temperature,
             replaces=replaces,
+            ab_test=ab_test,
         )
-        try:
-            generation = self.engine.submit(
-                input_ids, version, params, on_finish=lambda g: self._store_answer(message_id, g)
-            )
-        except Exception as exc:
-            self._store_failure(message_id, str(exc))
-            raise
+        generation = self.generate_into(message_id, version, input_ids, params)
         turn = Turn(conversation_id=conversation_id, message_id=message_id, version=version, generation=generation)
         with self._lock:
             self._active[message_id] = turn
         return turn
 
-    def _ensure_loaded(self, version_row: dict) -> None:
+    def encode(self, messages: list[dict], params: SamplingParams):
+        """The model's input for these messages: the system prompt first (unless they bring one), trimmed to fit."""
+        context = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if not any(m["role"] == "system" for m in context):
+            context.insert(0, {"role": "system", "content": self.settings.system_prompt})
+        budget = self.settings.max_context_tokens - params.max_new_tokens
+        return self.engine.encode_chat(context, max(budget, 16))
+
+    def generate_into(self, message_id: int, version: str, input_ids, params: SamplingParams) -> Generation:
+        """Queue a generation for a stored placeholder answer; the answer row is filled in when it ends."""
+        try:
+            return self.engine.submit(input_ids, version, params, on_finish=lambda g: self._store_answer(message_id, g))
+        except Exception as exc:
+            self._store_failure(message_id, str(exc))
+            raise
+
+    def ensure_loaded(self, version_row: dict) -> None:
         version = version_row["id"]
         if version == BASE_VERSION or version in self.engine.adapters:
             return

@@ -1,9 +1,11 @@
 """Erase one person's data: their chats and every judgement they made, in one transaction.
 
 What goes: the user's chat conversations (with everyone's feedback, corrections and reviews on them),
-and the feedback, corrections, reviews, claims and skips the user gave anywhere else. Training builds
-read the database, so erased rows are gone from every future build. Versions already trained on any
-of it are flagged (they can no longer be promoted) and the erasure itself is recorded, without content.
+their blind comparisons (prompt, both answers, vote) and anyone's comparisons whose prompt was drawn
+from their chats, and the feedback, corrections, reviews, claims and skips the user gave anywhere else.
+Training builds read the database, so erased rows are gone from every future build. Versions already
+trained on any of it are flagged (they can no longer be promoted) and the erasure itself is recorded,
+without content.
 
 What stays: the account (disable it separately), imported Q&A (the organisation's content, not the
 importer's), and the audit log (who did what, kept for accountability; it holds ids, not content).
@@ -15,7 +17,7 @@ import json
 
 from assistant.auth import User
 from assistant.errors import InvalidRequest, NotFound
-from assistant.store import Database, audit, users
+from assistant.store import Database, audit, comparisons, users
 from assistant.store.db import utcnow
 
 
@@ -44,8 +46,12 @@ def erase_user(database: Database, admin: User, name: str, reason: str) -> dict:
                     deleted[table] = deleted.get(table, 0) + gone
 
         conversation_ids = _ids(
-            database, "select id from conversations where user_id = ? and source = 'chat'", [user_id]
+            database, "select id from conversations where user_id = ? and source in ('chat', 'compare')", [user_id]
         )
+        theirs = _ids(
+            database, f"select id from messages where conversation_id in ({_marks(conversation_ids)})", conversation_ids
+        )
+        conversation_ids += comparisons.conversations_drawn_from(database, theirs)
         owned = _ids(
             database, f"select id from messages where conversation_id in ({_marks(conversation_ids)})", conversation_ids
         )
@@ -79,6 +85,7 @@ def erase_user(database: Database, admin: User, name: str, reason: str) -> dict:
         delete("reviews", "reviewer_id = ?", [user_id])
         delete("review_claims", "reviewer_id = ?", [user_id])
         delete("review_skips", "reviewer_id = ?", [user_id])
+        delete("comparisons", f"conversation_id in ({_marks(conversation_ids)})", conversation_ids)
         delete("messages", f"id in ({_marks(owned)})", owned)
         delete("conversations", f"id in ({_marks(conversation_ids)})", conversation_ids)
         # The lineage rows go too: a message id may be reused by SQLite once the row is gone.

@@ -7,12 +7,16 @@ request leaves no trace and a good one is never half-stored.
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from assistant.auth import User
 from assistant.errors import Conflict, InvalidRequest, NotFound
 from assistant.store import Database, audit, conversations
 from assistant.store import feedback as store
+
+log = logging.getLogger(__name__)
 
 THUMBS = ("up", "down")
 REASONS = ("wrong_facts", "incomplete", "unsafe", "off_topic", "wrong_tone", "other")
@@ -75,9 +79,10 @@ def clean_choice(value: object, field: str, choices: tuple[str, ...]) -> str | N
 
 
 class FeedbackService:
-    def __init__(self, database: Database, max_chars: int) -> None:
+    def __init__(self, database: Database, max_chars: int, after: Callable[[], object] | None = None) -> None:
         self.database = database
         self.max_chars = max_chars
+        self.after = after  # runs after each stored submission (the A/B monitor); its failure loses nothing
 
     def submit(
         self,
@@ -128,6 +133,11 @@ class FeedbackService:
                     audit.record(self.database, user.name, "correction.add", f"message:{message['id']}")
             if feedback_id is None and correction_id is None:
                 raise Conflict("This feedback was already recorded.")
+        if self.after is not None:
+            try:
+                self.after()
+            except Exception:
+                log.exception("the after-feedback check failed")
         return FeedbackResult(message_id=message["id"], feedback_id=feedback_id, correction_id=correction_id)
 
     def _reasons(self, reasons: object) -> list[str]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from assistant.ab import ABService
 from assistant.auth import LoginThrottle, Sessions, ensure_first_admin, load_or_create_secret
 from assistant.chat import ChatService
+from assistant.compare import CompareService
 from assistant.config import Settings
 from assistant.engine import Engine
 from assistant.feedback import FeedbackService
@@ -26,6 +28,8 @@ class Hone:
     chat: ChatService
     feedback: FeedbackService
     review: ReviewService
+    ab: ABService
+    compare: CompareService
     throttle: LoginThrottle
 
 
@@ -50,18 +54,22 @@ def build(settings: Settings, engine: Engine | None = None, announce=print) -> H
             queue_limit=settings.queue_limit,
         )
     secret = load_or_create_secret(settings.home / "secret_key")
+    chat = ChatService(database, engine, settings)
+    ab = ABService(database, settings, load_version=chat.ensure_loaded)
     return Hone(
         settings=settings,
         database=database,
         engine=engine,
         sessions=Sessions(database, secret, settings.session_hours),
-        chat=ChatService(database, engine, settings),
-        feedback=FeedbackService(database, settings.max_message_chars),
+        chat=chat,
+        feedback=FeedbackService(database, settings.max_message_chars, after=ab.check_rollback),
         review=ReviewService(
             database,
             max_chars=settings.max_message_chars,
             claim_minutes=settings.review_claim_minutes,
             second_opinion_percent=settings.review_second_opinion_percent,
         ),
+        ab=ab,
+        compare=CompareService(database, chat),
         throttle=LoginThrottle(settings.login_max_failures, settings.login_lockout_seconds),
     )

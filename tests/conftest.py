@@ -118,11 +118,26 @@ class RunningServer:
         )
 
     def stop(self) -> None:
+        stop_training_workers(Path(self.env["ASSISTANT_DB"]))
         self.process.terminate()
         try:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+def stop_training_workers(db_path: Path) -> None:
+    """Training workers outlive the server on purpose (their own session); a test's must not outlive the test."""
+    import signal
+    import sqlite3
+
+    with sqlite3.connect(db_path) as conn:
+        pids = [r[0] for r in conn.execute("select pid from jobs where status in ('queued', 'running') and pid")]
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def start_server(workdir: Path, base_model: str, **extra_env: str) -> RunningServer:
@@ -186,6 +201,7 @@ class ThreadServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        stop_training_workers(self.hone.settings.db)
         self.server.should_exit = True
         self.thread.join(10)
 
@@ -278,3 +294,34 @@ def seeded(settings):
         )
         review.submit(reviewer, message_id, verdict="incorrect", correction="approve")
     return database
+
+
+def add_adapter_version(
+    database: Database, model_dir: Path, out: Path, version_id: str, random_init: bool = True, seed: int = 1
+) -> dict:
+    """A real LoRA adapter on `model_dir`, registered as a candidate version (what a training run leaves).
+
+    `random_init` makes the adapter change the answers (differently per seed); without it the adapter starts
+    as a no-op."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from assistant.store import utcnow
+
+    torch.manual_seed(seed)
+    lora = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir),
+        LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=not random_init),
+    )
+    lora.save_pretrained(out / "adapter")
+    row = {
+        "id": version_id,
+        "status": "candidate",
+        "parent": "base",
+        "adapter_path": str(out / "adapter"),
+        "created_at": utcnow(),
+        "notes": "a tiny adapter for tests",
+    }
+    with database.write() as db:
+        db["versions"].insert(row)
+    return row

@@ -209,16 +209,47 @@ def test_admin_retrains_from_the_admin_tab_and_watches_progress(browser, bundled
     page.get_by_role("tab", name="Admin").click()
     page.wait_for_selector("#admin-retrain", state="visible", timeout=30_000)
     page.click("#admin-config .cm-content")
-    page.keyboard.type("max_steps: 6\nbatch_size: 2\n")
+    page.keyboard.type("max_steps: 4\nbatch_size: 2\neval_max_new_tokens: 8\n")
     page.click("#admin-retrain")
     page.wait_for_selector("#admin-progress", timeout=120_000)  # the live bar, fed by the 2 s poll
     shot(page, "admin-training")
-    page.wait_for_selector("#admin-run-status:has-text('registered')", timeout=180_000)
+    page.wait_for_selector("#admin-run-status:has-text('succeeded')", timeout=240_000)  # trained, then evaluated
     status = page.inner_text("#admin-run-status")
-    assert "succeeded" in status
+    assert "registered" in status and page.inner_text("#admin-gate").startswith("Gate ")
     version = re.search(r"registered (v\d+)", status).group(1)
     assert page.locator("#admin-loss").is_visible()
     db = bundled_server_db(bundled_server)
     job = db.one("select * from jobs order by id desc limit 1")
-    assert job["created_by"] == "browser-trainer" and json.loads(job["config"])["max_steps"] == 6
+    assert job["created_by"] == "browser-trainer" and json.loads(job["config"])["max_steps"] == 4
     assert db.one("select status from versions where id = ?", [version])["status"] == "candidate"
+
+
+def test_a_reviewer_votes_blind_and_only_then_sees_which_version_answered(browser, bundled_server, tmp_path):
+    from pathlib import Path
+
+    from tests.conftest import add_adapter_version
+
+    db = bundled_server_db(bundled_server)
+    model_dir = Path(bundled_server.env["ASSISTANT_BASE_MODEL"])
+    # a second version to compare with: a real adapter that starts as a no-op (answers like the base, quickly)
+    add_adapter_version(db, model_dir, tmp_path / "browser-cmp", "browser-cmp", random_init=False)
+    reviewer = make_user(bundled_server, "browser-compare-reviewer", "reviewer")
+    page = sign_in(browser, bundled_server, reviewer)
+    page.get_by_role("tab", name="Compare").click()
+    page.fill("#compare-prompt textarea", "What is the capital of France?")
+    page.click("#compare-ask")
+    page.wait_for_selector("#compare-result :text('which answer is better')", timeout=120_000)
+    answers = page.inner_text("#compare-a") + page.inner_text("#compare-b")
+    assert "Paris" in answers
+    shown = page.inner_text("#compare-a") + page.inner_text("#compare-b") + page.inner_text("#compare-result")
+    assert "browser-cmp" not in shown and "base" not in shown  # anonymous until the vote
+    shot(page, "compare-blind")
+
+    page.click("#compare-vote-a")
+    page.wait_for_selector("#compare-result :text('A was')", timeout=30_000)
+    result = page.inner_text("#compare-result")
+    row = db.one("select * from comparisons order by id desc limit 1")
+    assert {row["version_a"], row["version_b"]} == {"base", "browser-cmp"} and row["vote"] == "a"
+    assert f"A was {row['version_a']}" in result and f"B was {row['version_b']}" in result
+    page.wait_for_selector("#compare-votes :text('Votes: 1 (1 of them')", timeout=30_000)  # the leaderboard refreshed
+    shot(page, "compare-revealed")

@@ -11,6 +11,9 @@ reviewers' current reviews (each reviewer's latest), provided they agree. Then:
   thumb; the majority decides; a tie gives no row). Thumbs are users' judgements, so they count even
   when reviewers disagree.
 - Answers whose reviewers disagree train nothing (SFT/DPO) until an admin adjudicates.
+- Blind side-by-side votes (assistant.compare): a vote for A or B is a DPO pair, the prompt with the
+  winner's answer as chosen and the loser's as rejected (the row's message id is the winner's); ties and
+  both-bad votes give no row, nor do pairs with an empty or identical answer.
 
 Rows use TRL's conversational formats: `prompt` is the conversation up to the answer as a list of
 messages, completions are one assistant message.
@@ -22,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from assistant.review import disagree
-from assistant.store import Database, conversations, reviews
+from assistant.store import Database, comparisons, conversations, reviews
 from assistant.store import feedback as feedback_store
 
 KINDS = ("sft", "dpo", "kto")
@@ -82,6 +85,8 @@ def build_examples(database: Database, decided: dict[int, Decision] | None = Non
             rejected = [{"role": "assistant", "content": message["content"]}]
             out["dpo"].append(Example(message_id, "dpo", {"prompt": prompt, "chosen": chosen, "rejected": rejected}))
 
+    out["dpo"].extend(vote_pairs(database))
+
     for message_id, label in thumb_labels(database):
         message = conversations.message(database, message_id)
         if not message["content"].strip():
@@ -93,6 +98,25 @@ def build_examples(database: Database, decided: dict[int, Decision] | None = Non
         }
         out["kto"].append(Example(message_id, "kto", row))
     return out
+
+
+def vote_pairs(database: Database) -> list[Example]:
+    """One DPO pair per decisive blind vote: the winner's answer chosen, the loser's rejected."""
+    pairs = []
+    for row in comparisons.voted(database):
+        if row["vote"] not in ("a", "b"):
+            continue
+        sides = {"a": (row["message_a"], row["answer_a"]), "b": (row["message_b"], row["answer_b"])}
+        (winner_id, chosen), (_, rejected) = sides[row["vote"]], sides["b" if row["vote"] == "a" else "a"]
+        if not chosen.strip() or not rejected.strip() or chosen.strip() == rejected.strip():
+            continue
+        pair = {
+            "prompt": [{"role": "user", "content": row["prompt"]}],
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+        }
+        pairs.append(Example(winner_id, "dpo", pair))
+    return pairs
 
 
 def recipe(sft: int, dpo: int, kto: int) -> tuple[str, int]:

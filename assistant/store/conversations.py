@@ -44,12 +44,15 @@ def message(database: Database, message_id: int) -> dict | None:
     return database.one("select * from messages where id = ?", [message_id])
 
 
-def _new_conversation(db, user_id: int, first_text: str, version: str | None, source: str, now: str) -> int:
+def _new_conversation(
+    db, user_id: int, first_text: str, version: str | None, source: str, now: str, ab_test: int | None = None
+) -> int:
     row = {
         "user_id": user_id,
         "title": " ".join(first_text.split())[:TITLE_CHARS],
         "version": version,
         "source": source,
+        "ab_test": ab_test,
         "created_at": now,
         "updated_at": now,
     }
@@ -65,17 +68,18 @@ def start_turn(
     version: str,
     temperature: float,
     replaces: int | None = None,
+    ab_test: int | None = None,
 ) -> tuple[int, int]:
     """Store the turn's new user-side messages and a placeholder answer in one transaction.
 
     Returns (conversation_id, answer_message_id); the id is known before generation starts so a
-    stream can name it in its first chunk.
+    stream can name it in its first chunk. `ab_test` is the A/B setting that assigned a new conversation.
     """
     now = utcnow()
     with database.write() as db:
         if conversation_id is None:
             first_user = next((m["content"] for m in new_messages if m["role"] == "user"), "")
-            conversation_id = _new_conversation(db, user_id, first_user, version, "chat", now)
+            conversation_id = _new_conversation(db, user_id, first_user, version, "chat", now, ab_test)
         else:
             db["conversations"].update(conversation_id, {"updated_at": now})
         for m in new_messages:
@@ -167,3 +171,40 @@ def add_imported(database: Database, *, user_id: int, question: str, source: str
             .last_pk
         )
         return {"conversation_id": conversation_id, "message_id": answer_id}
+
+
+def add_compare_turn(
+    database: Database, *, user_id: int, prompt: str, versions: tuple[str, str], temperature: float
+) -> dict:
+    """A blind comparison's prompt as a 'compare' conversation with one placeholder answer per version.
+
+    Both answers were given the prompt alone (the first answer's `prompt_for` is that prompt)."""
+    now = utcnow()
+    with database.write() as db:
+        conversation_id = _new_conversation(db, user_id, prompt, None, "compare", now)
+        db["messages"].insert(
+            {
+                "conversation_id": conversation_id,
+                "role": "user",
+                "content": prompt,
+                "status": "complete",
+                "created_at": now,
+            }
+        )
+        ids = [
+            db["messages"]
+            .insert(
+                {
+                    "conversation_id": conversation_id,
+                    "role": "assistant",
+                    "content": "",
+                    "version": version,
+                    "status": "generating",
+                    "temperature": temperature,
+                    "created_at": now,
+                }
+            )
+            .last_pk
+            for version in versions
+        ]
+        return {"conversation_id": conversation_id, "message_ids": ids}

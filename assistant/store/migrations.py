@@ -281,3 +281,64 @@ def m005_evaluation(db: sqlite_utils.Database) -> None:
     )
     db["evaluations"].create_index(["version", "dataset"])
     db["versions"].add_column("gate", str)  # JSON: the latest promotion-gate verdict and its reasons
+
+
+@migrations()
+def m006_ab_and_compare(db: sqlite_utils.Database) -> None:
+    # Live A/B: append-only settings; the latest row is the state. A split of 0 ends the test.
+    db["ab_settings"].create(
+        {
+            "id": int,
+            "candidate": str,  # the version tested against the current one
+            "split": float,  # share of new conversations (model 'current') sent to the candidate, 0-1
+            "set_by": str,  # an admin's name, or 'ab-monitor' for an automatic rollback
+            "set_at": str,
+            "note": str,
+        },
+        pk="id",
+        not_null={"split", "set_by", "set_at"},
+    )
+    # The A/B setting that assigned a conversation (null when the test did not route it).
+    db["conversations"].add_column("ab_test", int)
+    db["conversations"].create_index(["ab_test"])
+
+    # Blind side-by-side: two answers to one prompt, stored as messages of a 'compare' conversation.
+    db["comparisons"].create(
+        {
+            "id": int,
+            "conversation_id": int,
+            "prompt": str,
+            "source": str,  # typed | staff | validation
+            "source_message": int,  # the user message a drawn prompt was copied from (erased with it)
+            "user_id": int,  # who asked (and votes)
+            "version_a": str,  # in the order shown
+            "version_b": str,
+            "message_a": int,
+            "message_b": int,
+            "vote": str,  # a | b | tie | both_bad; null until voted
+            "voted_by": int,
+            "voted_at": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[
+            ("conversation_id", "conversations", "id"),
+            ("user_id", "users", "id"),
+            ("message_a", "messages", "id"),
+            ("message_b", "messages", "id"),
+            ("voted_by", "users", "id"),
+        ],
+        not_null={
+            "conversation_id",
+            "prompt",
+            "source",
+            "user_id",
+            "version_a",
+            "version_b",
+            "message_a",
+            "message_b",
+            "created_at",
+        },
+    )
+    db["comparisons"].create_index(["user_id"])
+    db["comparisons"].create_index(["vote"])

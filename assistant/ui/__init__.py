@@ -8,6 +8,7 @@ from assistant.services import Hone
 from assistant.ui.admin_tab import build_admin_tab
 from assistant.ui.chat_tab import build_chat_tab
 from assistant.ui.common import guard
+from assistant.ui.compare_tab import build_compare_tab
 from assistant.ui.review_tab import KEYBOARD_JS, build_review_tab
 
 HEAD = KEYBOARD_JS  # page-wide <head> additions, passed to gr.mount_gradio_app
@@ -22,8 +23,7 @@ def build_ui(hone: Hone) -> gr.Blocks:
             with gr.Tab("Chat", id="chat"):
                 list_conversations, history_list = build_chat_tab(hone)
             review_tab = build_review_tab(hone)
-            with gr.Tab("Compare", id="compare", visible=False) as compare_tab:
-                gr.Markdown("Blind side-by-side comparison of versions arrives with A/B testing.")
+            compare_tab = build_compare_tab(hone)
             admin_tab = build_admin_tab(hone)
         role_tabs = [(review_tab, "reviewer"), (compare_tab, "reviewer"), (admin_tab, "admin")]
 

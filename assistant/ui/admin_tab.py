@@ -15,13 +15,18 @@ from assistant.errors import HoneError
 from assistant.importer import import_qa
 from assistant.services import Hone
 from assistant.store import audit, users, versions
+from assistant.ui.ab_section import build_ab_accordion
 from assistant.ui.common import guard, ui_error
 from assistant.ui.render import counts_line, review_item, run_status
 from assistant.ui.review_tab import VERDICT_LABELS
 from training import examples, jobs, registry, schedule
 from training.config import defaults_table, parse_yaml
+from training.gate import explain
 
 EXPORT_LINKS = " · ".join(f'<a href="/v1/export/{k}" download="{k}.jsonl">{k}.jsonl</a>' for k in examples.KINDS)
+
+
+VERSION_COLUMNS = ["id", "status", "parent", "created_by", "created_at", "snapshot", "sft", "dpo", "gate", "flagged"]
 
 
 def build_admin_tab(hone: Hone) -> gr.Tab:
@@ -49,17 +54,31 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
             schedule_status = gr.Markdown(elem_id="admin-schedule")
             loss_plot = gr.LinePlot(x="step", y="loss", color="phase", label="Training loss", elem_id="admin-loss")
             versions_table = gr.Dataframe(
-                headers=["id", "status", "parent", "created_by", "created_at", "snapshot", "sft", "dpo", "flagged"],
+                headers=[
+                    "id",
+                    "status",
+                    "parent",
+                    "created_by",
+                    "created_at",
+                    "snapshot",
+                    "sft",
+                    "dpo",
+                    "gate",
+                    "flagged",
+                ],
                 label="Versions (lineage)",
             )
+            gate_view = gr.Markdown(elem_id="admin-gate")
             with gr.Row():
                 version_pick = gr.Textbox(label="Version", elem_id="admin-version")
                 reason = gr.Textbox(label="Reason (audited)", elem_id="admin-reason")
             with gr.Row():
+                override = gr.Checkbox(label="Override the gate (audited with the reason)", elem_id="admin-override")
                 promote = gr.Button("Promote")
                 rollback = gr.Button("Roll back current")
             version_status = gr.Markdown()
             poll = gr.Timer(2.0, active=False)  # started when an admin opens this tab
+        ab_refresh, ab_inputs, ab_outputs = build_ab_accordion(hone)
         with gr.Accordion("Reviewer agreement and adjudication", open=False):
             refresh_agreement = gr.Button("Refresh")
             reviewer_table = gr.Dataframe(headers=["reviewer", "compared", "agreement"], label="Per reviewer")
@@ -205,10 +224,26 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
                     (v["snapshot_hash"] or "")[:12],
                     c.get("sft_train"),
                     c.get("dpo_train"),
+                    gate_word(v["gate"]),
                     v["flagged"] or "",
                 ]
             )
-        return run_status(job), schedule_line(), plot, rows
+        return run_status(job), schedule_line(), plot, rows, gate_lines()
+
+    def gate_word(raw: str | None) -> str:
+        if not raw:
+            return ""
+        verdict = json.loads(raw)
+        return "passed" if verdict.get("passed") else ("error" if verdict.get("error") else "failed")
+
+    def gate_lines() -> str:
+        """The gate's reasons for every candidate still waiting for a decision."""
+        out = []
+        for v in versions.list_all(hone.database):
+            if v["status"] == "candidate" and v["gate"]:
+                verdict = json.loads(v["gate"])
+                out.append(verdict["error"] if verdict.get("error") else explain(verdict))
+        return "\n\n".join(out)
 
     def schedule_line() -> str:
         s = hone.settings
@@ -245,13 +280,15 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
         return training_view()
 
     def version_action(action: str):
-        def run(version_id: str, why: str, request: gr.Request):
+        def run(version_id: str, why: str, overriding: bool, request: gr.Request):
             admin = guard(hone, request, "admin")
             if not (why or "").strip():
                 raise gr.Error("Give a reason: it goes to the audit log.")
             try:
                 if action == "promote":
-                    row = registry.promote(hone.database, (version_id or "").strip(), admin.name, why.strip())
+                    row = registry.promote(
+                        hone.database, (version_id or "").strip(), admin.name, why.strip(), override=bool(overriding)
+                    )
                 else:
                     row = registry.rollback(hone.database, admin.name, why.strip())
             except HoneError as exc:
@@ -260,19 +297,26 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
 
         return run
 
-    training_outputs = [status_view, schedule_status, loss_plot, versions_table]
+    training_outputs = [status_view, schedule_status, loss_plot, versions_table, gate_view]
     retrain.click(start_run, [overrides], training_outputs, api_name="retrain")
     cancel_run.click(cancel_latest, None, training_outputs, api_name="cancel_training")
     poll.tick(refresh_training, None, training_outputs, api_name=False, show_progress="hidden")
     promote.click(
-        version_action("promote"), [version_pick, reason], [version_status, *training_outputs], api_name="promote"
+        version_action("promote"),
+        [version_pick, reason, override],
+        [version_status, *training_outputs],
+        api_name="promote",
     )
     rollback.click(
-        version_action("rollback"), [version_pick, reason], [version_status, *training_outputs], api_name="rollback"
+        version_action("rollback"),
+        [version_pick, reason, override],
+        [version_status, *training_outputs],
+        api_name="rollback",
     )
 
     overview_outputs = [counts, user_table, audit_table, *training_outputs, poll]
     tab.select(overview, None, overview_outputs, api_name="admin_overview")
+    tab.select(ab_refresh, ab_inputs, ab_outputs, api_name="ab_overview")
     import_button.click(do_import, [qa_file], [import_report, counts], api_name="import_qa")
     refresh_agreement.click(agreement, None, [reviewer_table, pair_table, dispute], api_name="agreement")
     dispute.change(show_dispute, [dispute], [dispute_view], api_name=False)
