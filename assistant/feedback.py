@@ -32,8 +32,10 @@ class FeedbackResult:
 
 def visible_answer(database: Database, user: User, message_id: object) -> dict:
     """The answer a user may judge: their own conversation's, or any answer for reviewers and admins."""
+    if isinstance(message_id, str) and message_id.isdigit():  # the chat API's response `id` is this, as a string
+        message_id = int(message_id)
     if isinstance(message_id, bool) or not isinstance(message_id, int):
-        raise InvalidRequest("message_id must be an integer.")
+        raise InvalidRequest("message_id must be an integer (the `id` of a chat completion).")
     message = conversations.message(database, message_id)
     conversation = conversations.get(database, message["conversation_id"]) if message else None
     if (

@@ -66,7 +66,8 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "train",
-                "model": "bundled SmolLM2-135M-Instruct (fp32)",
+                "model": "bundled SmolLM2-135M-Instruct",
+                "precision": "bf16 autocast, fp32 weights" if config.bf16 else "fp32",
                 "rows_imported": imported["imported"],
                 "counts": build.counts,
                 "pii_redactions": build.snapshot["pii"]["redactions"],

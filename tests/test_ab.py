@@ -169,6 +169,19 @@ def test_split_zero_ends_the_test_and_conversations_return_to_current(server, ke
 def test_promote_and_rollback_switch_the_answering_version_without_restart(server, keys):
     admin = bearer(keys["admin"])
     assert chat(server, keys["staff"], "Who answers?")["model"] == "base"
+    # bad requests change nothing: a reviewer, an unknown version, a failed one, no reason
+    add_candidate(server.hone.database, "v-broken")
+    with server.hone.database.write() as db:
+        db["versions"].update("v-broken", {"status": "failed"})
+    for headers, version, body, status in [
+        (bearer(keys["reviewer"]), "v1", {"reason": "x", "override": True}, 403),
+        (admin, "v99", {"reason": "x", "override": True}, 404),
+        (admin, "v-broken", {"reason": "x", "override": True}, 400),
+        (admin, "v1", {"override": True}, 422),
+    ]:
+        r = httpx.post(f"{server.url}/v1/versions/{version}/promote", headers=headers, json=body)
+        assert r.status_code == status, (version, r.text)
+    assert versions.current(server.hone.database)["id"] == "base"
     r = httpx.post(server.url + "/v1/versions/v1/promote", headers=admin, json={"reason": "won", "override": True})
     assert r.status_code == 200, r.text
     assert chat(server, keys["staff"], "Who answers now?")["model"] == "v1"

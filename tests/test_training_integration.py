@@ -67,7 +67,7 @@ def training_cli(server, *args: str) -> subprocess.CompletedProcess:
 def test_corrections_become_a_candidate_and_a_killed_run_changes_nothing(server):
     staff, reviewer, admin = (add_user(server, f"t-{role}", role) for role in ("staff", "reviewer", "admin"))
     for question, corrected in CORRECTIONS.items():
-        answer_id = int(chat(server, staff, question)["id"])  # the completion id is the stored answer's
+        answer_id = chat(server, staff, question)["id"]  # the completion's id is the stored answer's
         made = call(server, "POST", "/v1/feedback", staff, json={"message_id": answer_id, "correction": corrected})
         assert made.status_code == 201, made.text
         approved = call(
