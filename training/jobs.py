@@ -219,7 +219,8 @@ class ProgressWriter:
 
 def run_worker(settings: Settings, job_id: int) -> int:
     """The body of `python -m training worker JOB_ID`: build, train, register; any failure marks the job failed."""
-    from training import datasets, registry
+    from training import datasets, gate, registry
+    from training.evaluate import evaluate_candidate, write_jsonl
     from training.train import train
 
     database = Database(settings.db)
@@ -233,22 +234,19 @@ def run_worker(settings: Settings, job_id: int) -> int:
     try:
         config = TrainConfig(**job["config"])
         progress.phase("building dataset")
-        gate = None
+        pii_gate = None
         if config.pii_gate:
             from training.pii import PiiGate
 
             names = [u["name"] for u in database.query("select name from users")]
-            gate = PiiGate(names=names, patterns=settings.pii_patterns)
-        build = datasets.build(database, config, system_prompt=settings.system_prompt, gate=gate)
+            pii_gate = PiiGate(names=names, patterns=settings.pii_patterns)
+        build = datasets.build(database, config, system_prompt=settings.system_prompt, gate=pii_gate)
         if build.domain_rows < config.min_rows:
             raise InvalidRequest(f"Only {build.domain_rows} training rows after the split; need {config.min_rows}.")
         base_model = resolve_base_model(settings, log=lambda *_: None)
         shutil.rmtree(staging, ignore_errors=True)
         report = train(base_model, build, config, staging / "adapter", progress)
-        staging.mkdir(parents=True, exist_ok=True)
-        (staging / "validation.jsonl").write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in build.sft_validation), encoding="utf-8"
-        )
+        write_jsonl(staging / "validation.jsonl", build.sft_validation)  # the domain set evaluation uses
         progress.phase("registering")
         with database.write() as db:
             if get(database, job_id)["status"] != "running":
@@ -271,8 +269,6 @@ def run_worker(settings: Settings, job_id: int) -> int:
                 _finish(database, job_id, "succeeded", version=record["id"])
         if config.evaluate:
             progress.phase("evaluating")
-            from training.evaluate import evaluate_candidate
-
             try:
                 evaluate_candidate(
                     database,
@@ -284,8 +280,6 @@ def run_worker(settings: Settings, job_id: int) -> int:
                 )
             except Exception as exc:  # noqa: BLE001 - the version stands; the gate just has no verdict
                 verdict = {"passed": False, "error": f"evaluation failed: {type(exc).__name__}: {exc}", "rules": []}
-                from training import gate
-
                 gate.record(database, record["id"], verdict, job["created_by"])
             _finish(database, job_id, "succeeded", version=record["id"])
         return 0
