@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     retrain_every_hours: float = Field(
         0.0, ge=0, description="scheduled retrain this long after the last run, if anything new (0: off)"
     )
+    training_min_free_mb: int = Field(500, ge=0, description="free disk under the data home a training run needs")
     retrain_config_file: Path | None = Field(None, description="YAML training config for scheduled runs")
     schedule_check_seconds: float = Field(300.0, gt=0, description="how often the schedule looks")
 

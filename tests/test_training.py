@@ -158,6 +158,12 @@ def test_refusals_spend_no_compute_and_register_nothing(settings, cli_env, seede
     bad_model = {**cli_env, "ASSISTANT_BASE_MODEL": str(Path(cli_env["ASSISTANT_HOME"]) / "no-such-model")}
     result = run_cli("run", env=bad_model)
     assert result.returncode == 2 and "base model" in result.stderr
+    home_is_a_file = Path(cli_env["ASSISTANT_HOME"]).parent / "home-file"
+    home_is_a_file.write_text("not a folder")
+    result = run_cli("run", env={**cli_env, "ASSISTANT_HOME": str(home_is_a_file)})
+    assert result.returncode == 2 and "not writable" in result.stderr
+    result = run_cli("run", env={**cli_env, "ASSISTANT_TRAINING_MIN_FREE_MB": str(2**40)})  # a disk that is "full"
+    assert result.returncode == 2 and "MB free" in result.stderr
     assert seeded.one("select count(*) as n from jobs")["n"] == 0
     assert [v["id"] for v in seeded.query("select id from versions")] == ["base"]
     with pytest.raises(Exception, match="Invalid training config"):

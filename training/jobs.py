@@ -121,6 +121,12 @@ def start(
         probe.unlink()
     except OSError as exc:
         raise InvalidRequest(f"The data home {settings.home} is not writable: {exc}") from exc
+    free_mb = shutil.disk_usage(settings.versions_dir).free / 2**20
+    if free_mb < settings.training_min_free_mb:
+        raise InvalidRequest(
+            f"Only {free_mb:.0f} MB free under {settings.home}; "
+            f"a training run needs {settings.training_min_free_mb} MB (ASSISTANT_TRAINING_MIN_FREE_MB)."
+        )
     built = examples.build_examples(database)
     _, domain_rows = examples.recipe(*(len(built[kind]) for kind in examples.KINDS))
     if domain_rows < config.min_rows:
