@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import hashlib
 import json
-import resource
 import sys
 import tempfile
 import time
@@ -25,18 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from assistant import auth  # noqa: E402
-from assistant.config import REPO_ROOT, Settings  # noqa: E402
-from assistant.importer import import_qa  # noqa: E402
-from assistant.model_files import resolve_base_model  # noqa: E402
-from assistant.store import Database  # noqa: E402
+from bench.common import MEDQUAD, import_lines, peak_rss_mib, workspace  # noqa: E402
 from training import datasets, evaluate  # noqa: E402
 from training.config import load_config, parse_overrides  # noqa: E402
 from training.generate import BatchGenerator  # noqa: E402
 from training.metrics import Scorer  # noqa: E402
 from training.train import train  # noqa: E402
-
-MEDQUAD = REPO_ROOT / "data" / "medquad-train.jsonl"
 
 
 def topic(row: dict) -> str:
@@ -94,14 +87,11 @@ def main() -> None:
     rows = [json.loads(line) for line in MEDQUAD.read_text(encoding="utf-8").splitlines()][: args.rows]
     train_rows, held_rows = split_by_topic(rows, args.validation_percent)
     with tempfile.TemporaryDirectory() as workdir:
-        settings = Settings(db=Path(workdir) / "quality.db", home=Path(workdir) / "home")
-        base_model = resolve_base_model(settings, log=lambda *_: None)
-        database = Database(settings.db)
-        admin = auth.create_user(database, "bench", "admin")
-        lines = [json.dumps(r) for r in train_rows]
+        space = workspace(workdir)
+        settings, database, base_model = space.settings, space.database, space.base_model
         with contextlib.redirect_stdout(sys.stderr):  # the trainers print their logs; stdout is for the JSON
             t = time.perf_counter()
-            import_qa(database, auth.User(admin["id"], "bench", "admin"), lines, "bench", 100_000)
+            import_lines(space, [json.dumps(r) for r in train_rows])
             build = datasets.build(database, config, system_prompt=settings.system_prompt, gate=None)
             stages["seed_and_build_s"] = time.perf_counter() - t
 
@@ -167,7 +157,7 @@ def main() -> None:
                 },
                 "stages_s": {k: round(v, 1) for k, v in stages.items()},
                 "wall_s": round(time.perf_counter() - started_all, 1),
-                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                "peak_rss_mib": peak_rss_mib(),
             }
         )
     )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import resource
 import sys
 import tempfile
 import time
@@ -23,17 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from assistant import auth  # noqa: E402
-from assistant.config import REPO_ROOT, Settings  # noqa: E402
-from assistant.importer import import_qa  # noqa: E402
-from assistant.model_files import resolve_base_model  # noqa: E402
-from assistant.store import Database  # noqa: E402
+from bench.common import MEDQUAD, import_lines, peak_rss_mib, workspace  # noqa: E402
 from training import datasets  # noqa: E402
 from training.config import load_config, parse_overrides  # noqa: E402
 from training.pii import PiiGate  # noqa: E402
 from training.train import train  # noqa: E402
-
-MEDQUAD = REPO_ROOT / "data" / "medquad-train.jsonl"
 
 
 def main() -> None:
@@ -44,12 +37,9 @@ def main() -> None:
     config = load_config(parse_overrides(args.set))
 
     with tempfile.TemporaryDirectory() as workdir:
-        settings = Settings(db=Path(workdir) / "bench.db", home=Path(workdir) / "home")
-        base_model = resolve_base_model(settings, log=lambda *_: None)
-        database = Database(settings.db)
-        admin = auth.create_user(database, "bench", "admin")
-        lines = MEDQUAD.read_text(encoding="utf-8").splitlines()[: args.rows]
-        imported = import_qa(database, auth.User(admin["id"], "bench", "admin"), lines, "bench", 100_000)
+        space = workspace(workdir)
+        settings, database, base_model = space.settings, space.database, space.base_model
+        imported = import_lines(space, MEDQUAD.read_text(encoding="utf-8").splitlines()[: args.rows])
 
         started = time.perf_counter()
         gate = PiiGate(names=["bench"], patterns=settings.pii_patterns)
@@ -61,7 +51,6 @@ def main() -> None:
             report = train(base_model, build, config, Path(workdir) / "adapter", lambda *_: None)
         train_s = time.perf_counter() - started
 
-    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     print(
         json.dumps(
             {
@@ -75,7 +64,7 @@ def main() -> None:
                 "build_s": round(build_s, 1),
                 "train_wall_s": round(train_s, 1),
                 "tokens_per_s": report["phases"][0]["tokens_per_s"],
-                "peak_rss_mib": round(peak_rss_mib),
+                "peak_rss_mib": peak_rss_mib(),
                 "torch_threads": torch.get_num_threads(),
                 "config": config.model_dump(),
             }

@@ -325,3 +325,26 @@ def add_adapter_version(
     with database.write() as db:
         db["versions"].insert(row)
     return row
+
+
+def register_built_version(database: Database, settings: Settings) -> dict:
+    """A version registered from a real build of the current feedback, with an empty adapter: for tests of
+    lineage, erasure, the schedule and promotion, which read the registry, not the weights."""
+    from training import datasets, registry
+    from training.config import TrainConfig
+
+    staging = settings.versions_dir / ".staging-test"
+    (staging / "adapter").mkdir(parents=True)
+    build = datasets.build(database, TrainConfig(), system_prompt="", gate=None)
+    return registry.register(
+        database,
+        settings.versions_dir,
+        staging,
+        job_id=0,
+        created_by="boss",
+        parent="base",
+        base_model="tiny",
+        config=TrainConfig().model_dump(),
+        snapshot=build.snapshot,
+        report={"phases": []},
+    )

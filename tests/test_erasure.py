@@ -11,27 +11,9 @@ from assistant.erasure import erase_user
 from assistant.errors import Conflict, InvalidRequest, NotFound
 from assistant.feedback import FeedbackService
 from assistant.store import Database, versions
-from tests.conftest import SECRET_EMAIL, answered, user
+from tests.conftest import SECRET_EMAIL, answered, register_built_version, user
 from training import datasets, registry
 from training.config import TrainConfig
-
-
-def register_from_build(database: Database, settings, build) -> dict:
-    """A version registered from a real build, with an empty adapter: erasure reads lineage, not weights."""
-    staging = settings.versions_dir / ".staging-test"
-    (staging / "adapter").mkdir(parents=True)
-    return registry.register(
-        database,
-        settings.versions_dir,
-        staging,
-        job_id=0,
-        created_by="boss",
-        parent="base",
-        base_model="tiny",
-        config=TrainConfig().model_dump(),
-        snapshot=build.snapshot,
-        report={"phases": []},
-    )
 
 
 def everything_built(database: Database) -> str:
@@ -47,7 +29,7 @@ def test_erasing_a_user_removes_their_data_from_builds_and_flags_versions(settin
     daves_answer = answered(database, dave, "What is the lunch menu?", "Soup.")
     rita = database.one("select id, name, role from users where name = 'rita'")
     FeedbackService(database, 8000).submit(type(admin)(**rita), daves_answer, thumb="up")
-    v1 = register_from_build(database, settings, datasets.build(database, TrainConfig(), system_prompt="", gate=None))
+    v1 = register_built_version(database, settings)
     assert SECRET_EMAIL in everything_built(database) and "Soup." in everything_built(database)
 
     result = erase_user(database, admin, "carol.smith", reason="her request, ticket 42")

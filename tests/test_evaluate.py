@@ -11,7 +11,7 @@ import pytest
 
 from assistant.errors import Conflict, InvalidRequest
 from assistant.store import Database
-from tests.conftest import REPO
+from tests.conftest import REPO, register_built_version
 from training import evaluate, gate, registry
 
 
@@ -111,11 +111,7 @@ def test_eval_cli_prints_the_contract_and_reuses_stored_results(settings, tiny_m
 
 
 def test_promotion_needs_a_passed_gate_or_an_audited_override(settings, seeded):
-    from tests.test_erasure import register_from_build
-    from training import datasets
-    from training.config import TrainConfig
-
-    v1 = register_from_build(seeded, settings, datasets.build(seeded, TrainConfig(), system_prompt="", gate=None))
+    v1 = register_built_version(seeded, settings)
     with pytest.raises(Conflict, match="not been evaluated"):
         registry.promote(seeded, v1["id"], "boss", "ship it")
     failing = verdict({"general": result(0.1)}, {"general": result(0.6)})

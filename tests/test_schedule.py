@@ -8,11 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 from assistant.importer import import_qa
 from assistant.store import Database
-from tests.conftest import ThreadServer, free_port, tiny_settings, user
+from tests.conftest import ThreadServer, free_port, register_built_version, tiny_settings, user
 from training import jobs, schedule
-from training.config import TrainConfig
-from training.datasets import build
-from training.registry import register
 
 
 def add_job(database: Database, status: str, hours_ago: float) -> None:
@@ -41,21 +38,7 @@ def test_due_needs_new_data_and_respects_thresholds(settings, seeded):
     assert schedule.due(database, hourly) is not None
 
     # once a version has trained on everything, nothing is new and nothing is due
-    staging = settings.versions_dir / ".staging-x"
-    (staging / "adapter").mkdir(parents=True)
-    built = build(database, TrainConfig(), system_prompt="", gate=None)
-    register(
-        database,
-        settings.versions_dir,
-        staging,
-        job_id=0,
-        created_by="t",
-        parent="base",
-        base_model="tiny",
-        config={},
-        snapshot=built.snapshot,
-        report={"phases": []},
-    )
+    register_built_version(database, settings)
     assert schedule.new_items(database) == 0
     assert schedule.due(database, hourly) is None and schedule.due(database, by_count) is None
 

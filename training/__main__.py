@@ -20,7 +20,6 @@ from pathlib import Path
 from assistant import auth
 from assistant.config import get_settings
 from assistant.errors import HoneError, InvalidRequest, NotFound
-from assistant.model_files import resolve_base_model
 from assistant.store import Database, versions
 from training import gate, jobs, registry
 from training.config import parse_overrides
@@ -62,7 +61,6 @@ def make_parser() -> argparse.ArgumentParser:
 
 def run_eval(database: Database, settings, args: argparse.Namespace) -> str:
     from training import evaluate
-    from training.generate import BatchGenerator
     from training.metrics import Scorer
 
     if args.max_tokens < 1:
@@ -78,15 +76,12 @@ def run_eval(database: Database, settings, args: argparse.Namespace) -> str:
             + [gate.explain(outcome["gate"])]
         )
     records = evaluate.records_from_rows(evaluate.read_jsonl(args.data), settings.system_prompt, args.data)
-    generator = BatchGenerator(
-        resolve_base_model(settings, log=lambda *_: None), dtype=settings.dtype, threads=settings.threads
-    )
     result = evaluate.evaluate(
         database,
         args.version,
         f"file:{Path(args.data).name}",
         records,
-        generator,
+        evaluate.generator_for(settings),
         Scorer(),
         "cli",
         max_new_tokens=args.max_tokens,

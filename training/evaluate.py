@@ -250,6 +250,15 @@ def standard_sets(
     return sets
 
 
+def generator_for(settings) -> BatchGenerator:
+    """The deployment's base model, in its serving dtype, ready to answer for any version."""
+    from assistant.model_files import resolve_base_model
+
+    return BatchGenerator(
+        resolve_base_model(settings, log=lambda *_: None), dtype=settings.dtype, threads=settings.threads
+    )
+
+
 def evaluate_candidate(
     database: Database,
     settings,
@@ -260,16 +269,13 @@ def evaluate_candidate(
     generator: BatchGenerator | None = None,
 ) -> dict:
     """Evaluate a candidate and the current version on the candidate's sets, then record the gate's verdict."""
-    from assistant.model_files import resolve_base_model
     from training import gate, registry
 
     version = versions.get(database, version_id)
     if version is None:
         raise NotFound(f"No version {version_id!r}.")
     current = versions.current(database)
-    generator = generator or BatchGenerator(
-        resolve_base_model(settings, log=lambda *_: None), dtype=settings.dtype, threads=settings.threads
-    )
+    generator = generator or generator_for(settings)
     scorer = Scorer()
     version_dir = Path(version["card_path"]).parent
     sets = standard_sets(version_dir, generator, scorer, settings.system_prompt, train_rows)

@@ -72,7 +72,7 @@ def reap(database: Database, settings: Settings) -> int:
     for job in database.query("select * from jobs where status in ('queued', 'running')"):
         if _alive(job["pid"]):
             continue
-        if job["status"] == "queued" and job["pid"] is None and _age_s(job["created_at"]) < 60:
+        if job["status"] == "queued" and job["pid"] is None and age_s(job["created_at"]) < 60:
             continue  # still being launched
         _finish(database, job["id"], "failed", error="The training worker stopped without finishing (crash or kill).")
         shutil.rmtree(staging_dir(settings, job["id"]), ignore_errors=True)
@@ -80,8 +80,9 @@ def reap(database: Database, settings: Settings) -> int:
     return dead
 
 
-def _age_s(iso: str) -> float:
-    return (datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds()
+def age_s(iso: str, now: datetime | None = None) -> float:
+    """Seconds since a stored timestamp."""
+    return ((now or datetime.now(UTC)) - datetime.fromisoformat(iso)).total_seconds()
 
 
 def _finish(database: Database, job_id: int, status: str, error: str | None = None, version: str | None = None):

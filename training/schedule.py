@@ -28,10 +28,6 @@ def new_items(database: Database) -> int:
     return len({e.message_id for e in built["sft"] + built["dpo"]} - trained)
 
 
-def _age_s(iso: str, now: datetime) -> float:
-    return (now - datetime.fromisoformat(iso)).total_seconds()
-
-
 def due(database: Database, settings: Settings, now: datetime | None = None) -> str | None:
     """Why a scheduled run should start now, or None."""
     if not (settings.retrain_min_new_items or settings.retrain_every_hours):
@@ -40,7 +36,7 @@ def due(database: Database, settings: Settings, now: datetime | None = None) -> 
     last = database.one("select * from jobs order by id desc limit 1")
     if last is not None and last["status"] in jobs.ACTIVE:
         return None
-    if last is not None and last["status"] == "failed" and _age_s(last["created_at"], now) < FAILURE_BACKOFF_S:
+    if last is not None and last["status"] == "failed" and jobs.age_s(last["created_at"], now) < FAILURE_BACKOFF_S:
         return None
     fresh = new_items(database)
     if fresh == 0:
@@ -48,7 +44,7 @@ def due(database: Database, settings: Settings, now: datetime | None = None) -> 
     if settings.retrain_min_new_items and fresh >= settings.retrain_min_new_items:
         return f"{fresh} new approved answers (threshold {settings.retrain_min_new_items})"
     hours = settings.retrain_every_hours
-    if hours and (last is None or _age_s(last["created_at"], now) >= hours * 3600):
+    if hours and (last is None or jobs.age_s(last["created_at"], now) >= hours * 3600):
         return f"{fresh} new approved answers and no run for {hours:g} hours"
     return None
 

@@ -59,6 +59,17 @@ def _new_conversation(
     return db["conversations"].insert(row).last_pk
 
 
+def _insert_message(db, conversation_id: int, now: str, **fields: object) -> int:
+    return db["messages"].insert({"conversation_id": conversation_id, "created_at": now, **fields}).last_pk
+
+
+def _new_question(db, user_id: int, question: str, source: str, now: str) -> int:
+    """A conversation holding one question (imports, comparisons); returns its id."""
+    conversation_id = _new_conversation(db, user_id, question, None, source, now)
+    _insert_message(db, conversation_id, now, role="user", content=question, status="complete")
+    return conversation_id
+
+
 def start_turn(
     database: Database,
     *,
@@ -83,28 +94,19 @@ def start_turn(
         else:
             db["conversations"].update(conversation_id, {"updated_at": now})
         for m in new_messages:
-            db["messages"].insert(
-                {
-                    "conversation_id": conversation_id,
-                    "role": m["role"],
-                    "content": m["content"],
-                    "status": "complete",
-                    "created_at": now,
-                }
-            )
-        answer = db["messages"].insert(
-            {
-                "conversation_id": conversation_id,
-                "role": "assistant",
-                "content": "",
-                "version": version,
-                "status": "generating",
-                "temperature": temperature,
-                "replaces": replaces,
-                "created_at": now,
-            }
+            _insert_message(db, conversation_id, now, role=m["role"], content=m["content"], status="complete")
+        answer_id = _insert_message(
+            db,
+            conversation_id,
+            now,
+            role="assistant",
+            content="",
+            version=version,
+            status="generating",
+            temperature=temperature,
+            replaces=replaces,
         )
-        return conversation_id, answer.last_pk
+        return conversation_id, answer_id
 
 
 def finish_answer(
@@ -146,29 +148,9 @@ def add_imported(database: Database, *, user_id: int, question: str, source: str
     """An imported question as its own conversation, with an empty answer slot that a review fills."""
     now = utcnow()
     with database.write() as db:
-        conversation_id = _new_conversation(db, user_id, question, None, "import", now)
-        db["messages"].insert(
-            {
-                "conversation_id": conversation_id,
-                "role": "user",
-                "content": question,
-                "status": "complete",
-                "created_at": now,
-            }
-        )
-        answer_id = (
-            db["messages"]
-            .insert(
-                {
-                    "conversation_id": conversation_id,
-                    "role": "assistant",
-                    "content": "",
-                    "status": "imported",
-                    "finish_reason": source,
-                    "created_at": now,
-                }
-            )
-            .last_pk
+        conversation_id = _new_question(db, user_id, question, "import", now)
+        answer_id = _insert_message(
+            db, conversation_id, now, role="assistant", content="", status="imported", finish_reason=source
         )
         return {"conversation_id": conversation_id, "message_id": answer_id}
 
@@ -181,30 +163,18 @@ def add_compare_turn(
     Both answers were given the prompt alone (the first answer's `prompt_for` is that prompt)."""
     now = utcnow()
     with database.write() as db:
-        conversation_id = _new_conversation(db, user_id, prompt, None, "compare", now)
-        db["messages"].insert(
-            {
-                "conversation_id": conversation_id,
-                "role": "user",
-                "content": prompt,
-                "status": "complete",
-                "created_at": now,
-            }
-        )
+        conversation_id = _new_question(db, user_id, prompt, "compare", now)
         ids = [
-            db["messages"]
-            .insert(
-                {
-                    "conversation_id": conversation_id,
-                    "role": "assistant",
-                    "content": "",
-                    "version": version,
-                    "status": "generating",
-                    "temperature": temperature,
-                    "created_at": now,
-                }
+            _insert_message(
+                db,
+                conversation_id,
+                now,
+                role="assistant",
+                content="",
+                version=version,
+                status="generating",
+                temperature=temperature,
             )
-            .last_pk
             for version in versions
         ]
         return {"conversation_id": conversation_id, "message_ids": ids}
