@@ -1,11 +1,13 @@
 """Retraining speed and memory on the bundled model: the 600 MedQuAD rows, the default recipe.
 
-    .venv/bin/python bench/train.py [--rows 600] [--set KEY=VALUE ...]
+    .venv/bin/python bench/train.py [--rows 600] [--set KEY=VALUE ...] [--compare-steps N]
 
 Imports the rows into a temp database (as `import-qa` would), builds the dataset with the PII gate on,
 trains in this process with the shipped defaults (or the overrides given), and prints one JSON object:
 wall time per stage, training tokens/s (non-padding tokens, as TRL counts them, per second) and the
-process's peak resident memory.
+process's peak resident memory. With `--compare-steps N` it first trains N steps with TRL's and PEFT's library
+defaults (SFTConfig and LoraConfig as they come) on the same rows, then N steps of Hone's recipe, and reports
+both speeds and their ratio.
 """
 
 from __future__ import annotations
@@ -26,15 +28,46 @@ from bench.common import MEDQUAD, import_lines, peak_rss_mib, workspace  # noqa:
 from training import datasets  # noqa: E402
 from training.config import load_config, parse_overrides  # noqa: E402
 from training.pii import PiiGate  # noqa: E402
-from training.train import train  # noqa: E402
+from training.train import _Report, build_dataset, train  # noqa: E402
+
+
+def library_defaults_speed(base_model: str, rows: list[dict], steps: int, scratch: str) -> dict:
+    """Tokens/s of TRL SFT + PEFT LoRA exactly as the libraries default them, for `steps` optimiser steps."""
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    report = _Report("trl-defaults", lambda *_: None)
+    trainer = SFTTrainer(
+        model=base_model,
+        args=SFTConfig(
+            output_dir=scratch, max_steps=steps, use_cpu=True, report_to=[], save_strategy="no", logging_steps=1
+        ),
+        train_dataset=build_dataset(rows),
+        processing_class=AutoTokenizer.from_pretrained(base_model),
+        peft_config=LoraConfig(task_type="CAUSAL_LM"),
+        callbacks=[report],
+    )
+    trainer.train()
+    seconds = time.monotonic() - report.started
+    return {
+        "steps": steps,
+        "tokens": report.tokens,
+        "seconds": round(seconds, 1),
+        "tokens_per_s": round(report.tokens / seconds, 1),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=600, help="how many MedQuAD rows to import")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    parser.add_argument("--compare-steps", type=int, default=0, help="N steps of library defaults vs Hone's recipe")
     args = parser.parse_args()
-    config = load_config(parse_overrides(args.set))
+    overrides = parse_overrides(args.set)
+    if args.compare_steps:
+        overrides["max_steps"] = args.compare_steps
+    config = load_config(overrides)
 
     with tempfile.TemporaryDirectory() as workdir:
         space = workspace(workdir)
@@ -46,6 +79,11 @@ def main() -> None:
         build = datasets.build(database, config, system_prompt=settings.system_prompt, gate=gate)
         build_s = time.perf_counter() - started
 
+        library = None
+        if args.compare_steps:
+            with contextlib.redirect_stdout(sys.stderr):
+                rows = build.sft_train + build.replay
+                library = library_defaults_speed(base_model, rows, args.compare_steps, str(Path(workdir) / "lib"))
         started = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its logs; stdout is for the JSON
             report = train(base_model, build, config, Path(workdir) / "adapter", lambda *_: None)
@@ -64,6 +102,9 @@ def main() -> None:
                 "build_s": round(build_s, 1),
                 "train_wall_s": round(train_s, 1),
                 "tokens_per_s": report["phases"][0]["tokens_per_s"],
+                "library_defaults": library,
+                "speedup_vs_library_defaults": library
+                and round(report["phases"][0]["tokens_per_s"] / library["tokens_per_s"], 2),
                 "peak_rss_mib": peak_rss_mib(),
                 "torch_threads": torch.get_num_threads(),
                 "config": config.model_dump(),

@@ -76,6 +76,27 @@ def test_tiny_lora_run_changes_the_adapter_and_not_the_base(settings, seeded, ti
     assert ("sft", 1, 2) == progress[0][:3]
 
 
+def test_rows_whose_prompt_fills_max_length_are_counted_and_all_of_them_refused(
+    settings, seeded, tiny_model_dir, tmp_path
+):
+    from transformers import AutoTokenizer
+
+    from training.train import prompts_over_limit, train
+
+    long_prompt = "Follow the house rules. " * 10  # every prompt is longer than the smallest max_length
+    build = datasets.build(seeded, TrainConfig(validation_percent=0), system_prompt=long_prompt, gate=None)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    lengths = sorted(
+        len(tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False))
+        for r in build.sft_train
+    )
+    assert prompts_over_limit(tokenizer, build.sft_train, lengths[0]) >= 1
+    assert prompts_over_limit(tokenizer, build.sft_train, lengths[-1] + 1) == 0
+    with pytest.raises(ValueError, match="raise max_length"):
+        train(str(tiny_model_dir), build, TrainConfig(max_length=32), tmp_path / "adapter", lambda *_: None)
+    assert not (tmp_path / "adapter").exists()
+
+
 def test_only_thumbs_train_with_kto(settings, tiny_model_dir, tmp_path):
     from training.train import train
 

@@ -23,10 +23,12 @@ class TrainConfig(BaseModel):
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapter's input")
     target_modules: str = Field("all-linear", description="'all-linear' or comma-separated module names")
     # SFT
-    learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="SFT peak learning rate (cosine decay)")
-    sft_epochs: float = Field(2.0, gt=0.0, le=50.0, description="passes over the SFT rows (also KTO's)")
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="SFT peak learning rate (cosine decay)")
+    sft_epochs: float = Field(1.8, gt=0.0, le=50.0, description="passes over the SFT rows (also KTO's)")
     batch_size: int = Field(8, ge=1, le=512, description="examples per optimiser step")
-    max_length: int = Field(512, ge=32, le=8192, description="tokens per example; longer ones are truncated")
+    max_length: int = Field(
+        112, ge=32, le=8192, description="tokens per example (prompt included); longer ones are cut at the end"
+    )
     # DPO (runs after SFT when preference pairs exist)
     dpo_epochs: float = Field(1.0, ge=0.0, le=50.0, description="0 skips DPO")
     dpo_beta: float = Field(0.1, gt=0.0, le=10.0, description="how far DPO/KTO may move from the SFT model")
@@ -38,7 +40,8 @@ class TrainConfig(BaseModel):
     max_steps: int = Field(-1, ge=-1, description="cap on optimiser steps per phase (-1: no cap)")
     threads: int = Field(0, ge=0, le=256, description="torch threads (0: torch's default)")
     bf16: bool = Field(True, description="bf16 autocast (weights stay fp32): 1.5x faster here, half the memory")
-    gradient_checkpointing: bool = Field(True, description="recompute activations: much less memory, ~5% slower")
+    gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, 15% slower here")
+    group_by_length: bool = Field(True, description="batch rows of similar length: less padding, 1.4x faster here")
     # evaluation
     evaluate: bool = Field(True, description="after training, evaluate candidate and current and run the gate")
     eval_max_new_tokens: int = Field(128, ge=1, le=2048, description="answer length in evaluation")

@@ -104,6 +104,13 @@ def model_card(record: dict, base_model: str, config: dict, snapshot: dict, repo
     phases = "\n".join(
         f"| {p['phase']} | {p['rows']} | {p['steps']} | {p['final_loss']} | {p['seconds']} |" for p in report["phases"]
     )
+    cut = sum(p.get("prompts_over_max_length", 0) for p in report["phases"])
+    cut_note = (
+        f"\n\n**{cut} training rows taught nothing:** their prompt alone fills `max_length` "
+        f"({config.get('max_length')} tokens), so no answer token was left to learn."
+        if cut
+        else ""
+    )
     settings = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(config.items()))
     redactions = ", ".join(f"{k}: {v}" for k, v in pii["redactions"].items()) or "none found"
     gate = "on" if pii["gate"] else f"**off** (override: {pii['override_reason']})"
@@ -137,7 +144,7 @@ Gate {gate}. Rows redacted: {pii["rows_redacted"]}. Redactions by type: {redacti
 ## Training
 | phase | rows | steps | final loss | seconds |
 |---|---|---|---|---|
-{phases}
+{phases}{cut_note}
 
 | setting | value |
 |---|---|

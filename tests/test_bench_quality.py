@@ -1,0 +1,51 @@
+"""The quality benchmark's data: the topic split leaks nothing; the hand paraphrases ask trained questions."""
+
+from __future__ import annotations
+
+import json
+
+from bench.quality import MEDQUAD, beats_baseline, hand_paraphrases, kept_baseline, split_by_topic, topic
+
+
+def medquad() -> list[dict]:
+    return [json.loads(line) for line in MEDQUAD.read_text(encoding="utf-8").splitlines()]
+
+
+def test_the_topic_split_puts_no_condition_on_both_sides():
+    train, held = split_by_topic(medquad(), 15)
+    assert (len(train), len(held)) == (515, 85)
+    assert not {topic(r) for r in train} & {topic(r) for r in held}
+    assert split_by_topic(medquad(), 15) == (train, held)  # deterministic
+
+
+def test_hand_paraphrases_reword_training_questions_and_keep_their_answers():
+    train, _ = split_by_topic(medquad(), 15)
+    records = hand_paraphrases(train, "SYSTEM")
+    answers = {r["answer"] for r in train}
+    questions = {r["question"].lower() for r in train}
+    assert len(records) == 40
+    for record in records:
+        assert record["prompt"][0] == {"role": "system", "content": "SYSTEM"}
+        assert record["prompt"][-1]["content"].lower() not in questions  # other words
+        assert record["reference"] in answers  # the taught answer
+
+
+def test_hand_paraphrases_of_held_out_questions_are_left_out():
+    train, held = split_by_topic(medquad(), 50, seed=3)
+    assert len(hand_paraphrases(train, "")) < 40
+    assert all(r["reference"] not in {h["answer"] for h in held} for r in hand_paraphrases(train, ""))
+
+
+def test_the_baseline_verdict_needs_both_sets_and_kept_scores_their_key(tmp_path):
+    def scores(a: float, b: float) -> dict:
+        return {"a_unseen_topics": {"cosine": {"mean": a}}, "b_general": {"cosine": {"mean": b}}}
+
+    ours = {s: {"candidate": v} for s, v in scores(0.70, 0.80).items()}
+    assert beats_baseline({"scores": ours, "baseline": {"scores": scores(0.65, 0.75)}}) is True
+    assert beats_baseline({"scores": ours, "baseline": {"scores": scores(0.65, 0.85)}}) is False
+    assert beats_baseline({"scores": ours, "baseline": {"scores": None}}) is None
+    kept = tmp_path / "naive.json"
+    kept.write_text(json.dumps({"key": "abc", "scores": scores(0.6, 0.7)}))
+    assert kept_baseline(kept, "abc")["scores"] == scores(0.6, 0.7)
+    assert kept_baseline(kept, "other") is None
+    assert kept_baseline(tmp_path / "missing.json", "abc") is None
