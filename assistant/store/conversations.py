@@ -63,6 +63,21 @@ def _insert_message(db, conversation_id: int, now: str, **fields: object) -> int
     return db["messages"].insert({"conversation_id": conversation_id, "created_at": now, **fields}).last_pk
 
 
+def _insert_answer_slot(db, conversation_id: int, now: str, version: str, temperature: float, **fields) -> int:
+    """An empty assistant message that a version's generation fills in."""
+    return _insert_message(
+        db,
+        conversation_id,
+        now,
+        role="assistant",
+        content="",
+        version=version,
+        status="generating",
+        temperature=temperature,
+        **fields,
+    )
+
+
 def _new_question(db, user_id: int, question: str, source: str, now: str) -> int:
     """A conversation holding one question (imports, comparisons); returns its id."""
     conversation_id = _new_conversation(db, user_id, question, None, source, now)
@@ -95,17 +110,7 @@ def start_turn(
             db["conversations"].update(conversation_id, {"updated_at": now})
         for m in new_messages:
             _insert_message(db, conversation_id, now, role=m["role"], content=m["content"], status="complete")
-        answer_id = _insert_message(
-            db,
-            conversation_id,
-            now,
-            role="assistant",
-            content="",
-            version=version,
-            status="generating",
-            temperature=temperature,
-            replaces=replaces,
-        )
+        answer_id = _insert_answer_slot(db, conversation_id, now, version, temperature, replaces=replaces)
         return conversation_id, answer_id
 
 
@@ -164,17 +169,5 @@ def add_compare_turn(
     now = utcnow()
     with database.write() as db:
         conversation_id = _new_question(db, user_id, prompt, "compare", now)
-        ids = [
-            _insert_message(
-                db,
-                conversation_id,
-                now,
-                role="assistant",
-                content="",
-                version=version,
-                status="generating",
-                temperature=temperature,
-            )
-            for version in versions
-        ]
+        ids = [_insert_answer_slot(db, conversation_id, now, version, temperature) for version in versions]
         return {"conversation_id": conversation_id, "message_ids": ids}
