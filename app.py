@@ -14,14 +14,14 @@ from fastapi import FastAPI
 from assistant.api import build_api
 from assistant.auth import authenticate
 from assistant.config import Settings, get_settings
-from assistant.engine import Engine
+from assistant.engine import BaseEngine
 from assistant.services import Hone, build
 from assistant.ui import HEAD, build_ui
 from assistant.web import BodyLimit, install_error_handlers, install_login
 from training.schedule import Scheduler
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, engine: BaseEngine | None = None) -> FastAPI:
     hone: Hone = build(settings or get_settings(), engine=engine)
     app = FastAPI(title="Hone", version="0.1.0", description="Self-hosted domain assistant that learns from feedback.")
     app.state.hone = hone

@@ -63,6 +63,22 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def prepare_model(settings) -> str:
+    """The base model folder, and the GGUF llama.cpp will serve when it can (so the first start is quick)."""
+    from pathlib import Path
+
+    from assistant.engine_choice import llama_cpp_installed
+    from assistant.gguf_files import GGUFUnavailable, base_gguf
+
+    model_dir = resolve_base_model(settings)
+    if settings.engine != "transformers" and llama_cpp_installed():
+        try:
+            base_gguf(Path(model_dir), settings.gguf_type, settings.base_gguf)
+        except GGUFUnavailable:
+            pass  # the server says why when it starts
+    return model_dir
+
+
 def run_users(args: argparse.Namespace, database: Database) -> None:
     if args.action == "add":
         created = auth.create_user(database, args.name, args.role, password=args.password)
@@ -134,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     try:
         if args.command == "prepare-model":
-            print(resolve_base_model(settings))
+            print(prepare_model(settings))
         elif args.command == "seed-demo":
             run_seed(args, settings)
         elif args.command == "import-qa":

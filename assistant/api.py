@@ -151,6 +151,8 @@ def build_api(hone: Hone) -> APIRouter:
             "status": "ok",
             "current_version": versions.current(hone.database)["id"],
             "queued": hone.engine.pending(),
+            "engine": hone.engine.name,
+            "merged_versions": hone.engine.merged_versions(),
         }
 
     @router.get("/v1/models", tags=["chat"])

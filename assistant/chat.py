@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from assistant.auth import User
 from assistant.config import Settings
-from assistant.engine import BASE_VERSION, Engine, Generation, SamplingParams
+from assistant.engine import BASE_VERSION, BaseEngine, Generation, SamplingParams
 from assistant.errors import Forbidden, InvalidRequest, NotFound
 from assistant.routing import choose_version
 from assistant.store import Database, conversations
@@ -52,7 +52,7 @@ def normalise_content(content: object) -> str:
 
 
 class ChatService:
-    def __init__(self, database: Database, engine: Engine, settings: Settings) -> None:
+    def __init__(self, database: Database, engine: BaseEngine, settings: Settings) -> None:
         self.database = database
         self.engine = engine
         self.settings = settings
@@ -192,11 +192,14 @@ class ChatService:
 
     def ensure_loaded(self, version_row: dict) -> None:
         version = version_row["id"]
-        if version == BASE_VERSION or version in self.engine.adapters:
+        if version == BASE_VERSION:
             return
-        if not version_row.get("adapter_path"):
-            raise NotFound(f"Version {version!r} has no adapter to load.")
-        self.engine.load_adapter(version, version_row["adapter_path"])
+        if version not in self.engine.adapters:
+            if not version_row.get("adapter_path"):
+                raise NotFound(f"Version {version!r} has no adapter to load.")
+            self.engine.load_adapter(version, version_row["adapter_path"])
+        if version_row.get("status") == "current":
+            self.engine.prefer(version)
 
     def _store_answer(self, message_id: int, g: Generation) -> None:
         with self._lock:

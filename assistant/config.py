@@ -31,8 +31,19 @@ class Settings(BaseSettings):
     admin_password: str | None = Field(None, description="first admin's password (else generated)")
 
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    dtype: str = Field("float32", pattern="^(float32|bfloat16)$")
-    threads: int = Field(0, ge=0, description="torch threads; 0 keeps torch's default")
+    engine: str = Field(
+        "auto",
+        pattern="^(auto|llama.cpp|transformers)$",
+        description="'auto': llama.cpp where it is installed and the model has a GGUF form, else transformers",
+    )
+    gguf_type: str = Field(
+        "F16", pattern="^(F16|BF16|Q8_0|Q4_0|F32)$", description="weights llama.cpp serves the bundled model in"
+    )
+    base_gguf: Path | None = Field(None, description="a GGUF of a non-bundled base model, for llama.cpp serving")
+    serve_batch: int = Field(8, ge=1, le=64, description="answers llama.cpp generates together")
+    serve_kv_tokens: int = Field(8192, ge=256, description="llama.cpp KV cache cells shared by running answers")
+    dtype: str = Field("float32", pattern="^(float32|bfloat16)$", description="transformers engine and training")
+    threads: int = Field(0, ge=0, description="model threads; 0 uses every core")
     default_max_tokens: int = Field(256, ge=1)
     max_tokens_limit: int = Field(1024, ge=1, description="largest max_tokens a request may ask for")
     default_temperature: float = Field(0.3, ge=0.0, le=2.0)

@@ -1,8 +1,9 @@
-"""In-process serving engine: a base causal LM plus any number of LoRA adapters, one version per request.
+"""Serving engines: a base causal LM plus any number of LoRA adapters, one version per request.
 
-Requests wait in a queue and a single worker thread generates them one at a time, so answers never
-interleave and the server's event loop never runs model code. Each request streams text through its own
-queue and can be stopped by a stopping criterion that watches its cancel flag.
+Requests wait in a queue and a worker thread runs the model, so the server's event loop never runs model
+code. Each request streams text through its own queue and can be stopped through its cancel flag.
+`Engine` is the reference (transformers + PEFT, one request at a time); `assistant.llama_engine` batches
+requests on llama.cpp and is the default where it can run (`assistant.engine_choice`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList, TextStreamer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextStreamer,
+)
 
 from assistant.errors import InvalidRequest, NotFound, RateLimited
 
@@ -100,7 +108,7 @@ class _QueueStreamer(TextStreamer):
         if not self.next_tokens_are_prompt:
             if self.generation.first_token_at is None:
                 self.generation.first_token_at = time.perf_counter()
-            self.generation.completion_tokens += value.numel()
+            self.generation.completion_tokens += value.shape[-1]
         super().put(value)
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
@@ -109,52 +117,37 @@ class _QueueStreamer(TextStreamer):
             self.generation._queue.put(text)
 
 
-class Engine:
-    def __init__(
-        self,
-        base_model: str,
-        *,
-        dtype: str = "float32",
-        threads: int = 0,
-        queue_limit: int = 64,
-    ) -> None:
-        if threads:
-            torch.set_num_threads(threads)
+class BaseEngine:
+    """What every engine shares: the HF tokenizer (prompts are tokenized the same way whatever runs the model),
+    the version list, the bounded request queue and the end-of-request bookkeeping."""
+
+    name = "base"
+
+    def __init__(self, base_model: str, *, queue_limit: int = 64) -> None:
         self.base_model = base_model
         self.tokenizer = AutoTokenizer.from_pretrained(base_model)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, dtype))
-        self.model.eval()
         self.adapters: dict[str, str] = {}
         self.queue_limit = queue_limit
         self._queue: queue.Queue[Generation] = queue.Queue()
-        self._model_lock = threading.Lock()  # adapters change only between generations
-        self._worker = threading.Thread(target=self._work, name="hone-engine", daemon=True)
-        self._worker.start()
 
     # ---- versions -------------------------------------------------------------------------------
     def versions(self) -> list[str]:
         return [BASE_VERSION, *self.adapters]
 
     def load_adapter(self, version: str, path: str | Path) -> None:
-        """Add a LoRA adapter under its version name; the base stays shared by all versions."""
-        from peft import PeftModel
-
-        if version in self.adapters:
-            return
-        with self._model_lock:
-            if self.adapters:
-                self.model.load_adapter(str(path), adapter_name=version)
-            else:
-                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=version)
-            self.model.eval()
-            self.adapters[version] = str(path)
+        raise NotImplementedError
 
     def unload_adapter(self, version: str) -> None:
-        with self._model_lock:
-            if self.adapters.pop(version, None) is not None:
-                self.model.delete_adapter(version)
+        raise NotImplementedError
+
+    def prefer(self, version: str) -> None:
+        """A hint that this version (the current one) takes most traffic; an engine may serve it faster."""
+
+    def merged_versions(self) -> list[str]:
+        """Versions served from weights with their adapter merged in (none here)."""
+        return []
 
     # ---- prompts --------------------------------------------------------------------------------
     def encode_chat(self, messages: list[dict], max_prompt_tokens: int) -> torch.Tensor:
@@ -177,7 +170,16 @@ class Engine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    # ---- generation -----------------------------------------------------------------------------
+    def eos_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id}
+        try:
+            eos = GenerationConfig.from_pretrained(self.base_model).eos_token_id
+        except OSError:  # no generation_config.json
+            eos = None
+        ids.update(eos if isinstance(eos, list) else [eos])
+        return {i for i in ids if i is not None}
+
+    # ---- requests -------------------------------------------------------------------------------
     def submit(
         self,
         input_ids: torch.Tensor,
@@ -199,6 +201,63 @@ class Engine:
     def pending(self) -> int:
         return self._queue.qsize()
 
+    @staticmethod
+    def _finish(generation: Generation) -> None:
+        generation.finished_at = time.perf_counter()
+        generation._input_ids = None
+        try:
+            if generation.on_finish is not None:
+                generation.on_finish(generation)
+        except Exception:
+            log.exception("on_finish failed")
+        finally:
+            generation._queue.put(_DONE)
+            generation.done.set()
+
+
+class Engine(BaseEngine):
+    """The reference engine: transformers (+ PEFT), one request at a time."""
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        base_model: str,
+        *,
+        dtype: str = "float32",
+        threads: int = 0,
+        queue_limit: int = 64,
+    ) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        super().__init__(base_model, queue_limit=queue_limit)
+        self.model = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, dtype))
+        self.model.eval()
+        self._eos = self.eos_ids()
+        self._model_lock = threading.Lock()  # adapters change only between generations
+        self._worker = threading.Thread(target=self._work, name="hone-engine", daemon=True)
+        self._worker.start()
+
+    def load_adapter(self, version: str, path: str | Path) -> None:
+        """Add a LoRA adapter under its version name; the base stays shared by all versions."""
+        from peft import PeftModel
+
+        if version in self.adapters:
+            return
+        with self._model_lock:
+            if self.adapters:
+                self.model.load_adapter(str(path), adapter_name=version)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=version)
+            self.model.eval()
+            self.adapters[version] = str(path)
+
+    def unload_adapter(self, version: str) -> None:
+        with self._model_lock:
+            if self.adapters.pop(version, None) is not None:
+                self.model.delete_adapter(version)
+
+    # ---- generation -----------------------------------------------------------------------------
     def _work(self) -> None:
         while True:
             generation = self._queue.get()
@@ -211,20 +270,7 @@ class Engine:
                 log.exception("generation failed")
                 generation.finish_reason, generation.error = "error", str(exc)
             finally:
-                generation.finished_at = time.perf_counter()
-                generation._input_ids = None
                 self._finish(generation)
-
-    @staticmethod
-    def _finish(generation: Generation) -> None:
-        try:
-            if generation.on_finish is not None:
-                generation.on_finish(generation)
-        except Exception:
-            log.exception("on_finish failed")
-        finally:
-            generation._queue.put(_DONE)
-            generation.done.set()
 
     @torch.inference_mode()
     def _generate(self, generation: Generation) -> None:
@@ -250,13 +296,7 @@ class Engine:
         generation.completion_tokens = int(new_tokens.shape[0])
         if generation.cancel_event.is_set():
             generation.finish_reason = "cancelled"
-        elif new_tokens.numel() and int(new_tokens[-1]) in self._eos_ids():
+        elif new_tokens.numel() and int(new_tokens[-1]) in self._eos:
             generation.finish_reason = "stop"
         else:
             generation.finish_reason = "length" if new_tokens.numel() >= params.max_new_tokens else "stop"
-
-    def _eos_ids(self) -> set[int]:
-        eos = self.model.generation_config.eos_token_id
-        ids = set(eos if isinstance(eos, list) else [eos])
-        ids.add(self.tokenizer.eos_token_id)
-        return {i for i in ids if i is not None}

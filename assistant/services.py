@@ -10,7 +10,8 @@ from assistant.auth import LoginThrottle, Sessions, ensure_first_admin, load_or_
 from assistant.chat import ChatService
 from assistant.compare import CompareService
 from assistant.config import Settings
-from assistant.engine import Engine
+from assistant.engine import BaseEngine
+from assistant.engine_choice import make_engine
 from assistant.feedback import FeedbackService
 from assistant.model_files import resolve_base_model
 from assistant.review import ReviewService
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 class Hone:
     settings: Settings
     database: Database
-    engine: Engine
+    engine: BaseEngine
     sessions: Sessions
     chat: ChatService
     feedback: FeedbackService
@@ -33,7 +34,7 @@ class Hone:
     throttle: LoginThrottle
 
 
-def build(settings: Settings, engine: Engine | None = None, announce=print) -> Hone:
+def build(settings: Settings, engine: BaseEngine | None = None, announce=print) -> Hone:
     database = Database(settings.db)
     interrupted = conversations.mark_interrupted(database)
     if interrupted:
@@ -47,12 +48,7 @@ def build(settings: Settings, engine: Engine | None = None, announce=print) -> H
             f"[hone]   API key:  {admin['api_key']}\n"
         )
     if engine is None:
-        engine = Engine(
-            resolve_base_model(settings, announce),
-            dtype=settings.dtype,
-            threads=settings.threads,
-            queue_limit=settings.queue_limit,
-        )
+        engine = make_engine(settings, resolve_base_model(settings, announce), announce)
     secret = load_or_create_secret(settings.home / "secret_key")
     chat = ChatService(database, engine, settings)
     ab = ABService(database, settings, load_version=chat.ensure_loaded)

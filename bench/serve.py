@@ -1,9 +1,17 @@
-"""Serving speed through Hone's HTTP API on the bundled model: time to first token and decode tokens/s.
+"""Serving speed through Hone's HTTP API on the bundled model, side by side with llama.cpp and naive transformers.
 
-    .venv/bin/python bench/serve.py [--runs 5] [--max-tokens 128]
+    .venv/bin/python bench/serve.py [--runs 5] [--max-tokens 128] [--concurrency 8]
 
-Starts the real server (`python app.py`) in a temp data home, streams one chat at a time (batch 1,
-greedy), discards a warm-up, and prints one JSON object with the medians of the timed runs.
+Registers a LoRA version (r16 on all linear layers, the training recipe's shape, with random small weights)
+as the current version, starts the real server (`python app.py`) and measures, in one run:
+- cold start: process start to the first streamed token of the first answer;
+- single stream (batch 1, greedy, 40-token prompt): time to first token and decode tokens/s of the current
+  version, after its merged lane is ready, with the answer compared with in-process PEFT's greedy answer;
+- concurrency: N chats at once, aggregate tokens/s, time-to-first-token p95 and the slowest stream;
+- in-process references on the same prompt: llama-cpp-python's `Llama` on a Q8_0 GGUF with the adapter as a
+  GGUF LoRA (when installed), and transformers fp32 + PEFT (what a naive app does);
+- the server's resident memory with the base and three versions loaded.
+Prints one JSON object; `targets` holds issue 7's verdicts. Run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -22,16 +31,65 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from assistant.config import Settings  # noqa: E402
 from assistant.model_files import prepare_bundled  # noqa: E402
+from assistant.store import Database, utcnow  # noqa: E402
 from tests.conftest import REPO, start_server  # noqa: E402
 
 # About 40 prompt tokens once the chat template is applied, and an answer long enough to fill 128 tokens.
 PROMPT = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."
+CONCURRENT_PROMPTS = [
+    PROMPT,
+    "Explain how vaccines train the immune system, step by step, in detail.",
+    "Describe the history of the printing press and its effects on Europe.",
+    "Write a long letter to a friend about a trip to the mountains in winter.",
+    "What are the symptoms of diabetes and how is it treated? Explain at length.",
+    "Tell a long story about a robot learning to paint.",
+    "Explain the water cycle to a ten-year-old, with many examples.",
+    "Describe a day in the life of a medieval blacksmith in detail.",
+]
 
 
-def stream_once(url: str, key: str, max_tokens: int) -> dict:
+def make_adapter(model_dir: Path, out: Path, seed: int) -> Path:
+    """A LoRA of the recipe's shape whose B is random and small: it changes answers like a trained one."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    lora = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")
+    )
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.03)
+    lora.save_pretrained(out)
+    return out
+
+
+def register_versions(db_path: Path, adapters: dict[str, Path]) -> None:
+    """The first adapter becomes the current version; the others stay candidates."""
+    from training import registry
+
+    database = Database(db_path)
+    with database.write() as db:
+        for version, path in adapters.items():
+            db["versions"].insert(
+                {
+                    "id": version,
+                    "status": "candidate",
+                    "parent": "base",
+                    "adapter_path": str(path),
+                    "created_at": utcnow(),
+                    "notes": "bench/serve.py: random LoRA of the recipe's shape",
+                }
+            )
+    registry.promote(database, next(iter(adapters)), actor="bench", reason="serving benchmark", override=True)
+
+
+def stream_once(url: str, key: str, max_tokens: int, prompt: str = PROMPT, model: str = "current") -> dict:
     payload = {
-        "model": "current",
-        "messages": [{"role": "user", "content": PROMPT}],
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
         "stream": True,
         "max_tokens": max_tokens,
         "temperature": 0,
@@ -40,8 +98,9 @@ def stream_once(url: str, key: str, max_tokens: int) -> dict:
     start = time.perf_counter()
     first = last = None
     usage = None
+    text = []
     with httpx.stream(
-        "POST", url + "/v1/chat/completions", json=payload, headers={"Authorization": f"Bearer {key}"}, timeout=300
+        "POST", url + "/v1/chat/completions", json=payload, headers={"Authorization": f"Bearer {key}"}, timeout=600
     ) as r:
         r.raise_for_status()
         for line in r.iter_lines():
@@ -51,6 +110,7 @@ def stream_once(url: str, key: str, max_tokens: int) -> dict:
             if event.get("usage"):
                 usage = event["usage"]
             if event["choices"] and event["choices"][0]["delta"].get("content"):
+                text.append(event["choices"][0]["delta"]["content"])
                 now = time.perf_counter()
                 first = first or now
                 last = now
@@ -60,45 +120,195 @@ def stream_once(url: str, key: str, max_tokens: int) -> dict:
         "decode_tok_s": (tokens - 1) / (last - first) if last > first else 0.0,
         "completion_tokens": tokens,
         "prompt_tokens": usage["prompt_tokens"],
-        "total_s": time.perf_counter() - start,
+        "started": start,
+        "first": first,
+        "last": last,
+        "text": "".join(text),
     }
+
+
+def concurrent(url: str, key: str, n: int, max_tokens: int) -> dict:
+    results: list[dict | None] = [None] * n
+    barrier = threading.Barrier(n)
+
+    def one(i: int) -> None:
+        barrier.wait()
+        results[i] = stream_once(url, key, max_tokens, CONCURRENT_PROMPTS[i % len(CONCURRENT_PROMPTS)])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    start = min(r["started"] for r in results)
+    end = max(r["last"] for r in results)
+    ttfts = sorted(r["ttft_ms"] for r in results)
+    return {
+        "streams": n,
+        "aggregate_tok_s": round(sum(r["completion_tokens"] for r in results) / (end - start), 1),
+        "ttft_ms_p50": round(statistics.median(ttfts), 1),
+        "ttft_ms_p95": round(ttfts[min(n - 1, round(0.95 * (n - 1)))], 1),
+        "slowest_stream_tok_s": round(min(r["decode_tok_s"] for r in results), 1),
+        "fastest_stream_tok_s": round(max(r["decode_tok_s"] for r in results), 1),
+        "completion_tokens": [r["completion_tokens"] for r in results],
+    }
+
+
+def wait_for_merged(url: str, version: str, timeout: float = 120) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if version in httpx.get(url + "/health").json().get("merged_versions", []):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def rss_mib(pid: int) -> dict:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {k: round(int(fields[k].split()[0]) / 1024, 1) for k in ("VmRSS", "VmHWM")}
+
+
+def reference_transformers(model_dir: Path, adapter: Path, max_tokens: int) -> dict:
+    """In-process transformers fp32 + PEFT, batch 1: the naive figure and the answer the API must match."""
+    from assistant.engine import Engine, SamplingParams
+
+    engine = Engine(str(model_dir))
+    engine.load_adapter("v1", adapter)
+    ids = engine.encode_chat(
+        [{"role": "system", "content": Settings().system_prompt}, {"role": "user", "content": PROMPT}], 2048
+    )
+    runs = []
+    for _ in range(2):  # warm-up, then one timed run (it is slow)
+        g = engine.submit(ids, "v1", SamplingParams(max_new_tokens=max_tokens))
+        g.wait()
+        runs.append(g)
+    g = runs[-1]
+    return {
+        "ttft_ms": round(g.first_token_ms, 1),
+        "decode_tok_s": round((g.completion_tokens - 1) / (g.finished_at - g.first_token_at), 1),
+        "text": g.full_text,
+    }
+
+
+def reference_llama_cpp(model_dir: Path, adapter: Path, max_tokens: int, runs: int) -> dict | None:
+    """llama-cpp-python's own `Llama` on Q8_0 with the adapter as a GGUF LoRA: the limit to measure against."""
+    try:
+        import llama_cpp
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    from assistant.gguf_files import adapter_gguf, base_gguf
+
+    q8 = base_gguf(model_dir, "Q8_0")
+    lora = adapter_gguf(adapter, json.loads((model_dir / "config.json").read_text()))
+    llm = Llama(str(q8), lora_path=str(lora), n_ctx=2048, n_threads=2, verbose=False)
+    messages = [{"role": "system", "content": Settings().system_prompt}, {"role": "user", "content": PROMPT}]
+    results = []
+    for _ in range(runs + 1):
+        llm.reset()  # no prompt cache between runs: every run pays its prefill, as a new chat does
+        start = time.perf_counter()
+        first = last = None
+        n = 0
+        for chunk in llm.create_chat_completion(messages, max_tokens=max_tokens, temperature=0, stream=True):
+            if chunk["choices"][0]["delta"].get("content"):
+                n += 1
+                last = time.perf_counter()
+                first = first or last
+        results.append({"ttft_ms": (first - start) * 1000, "decode_tok_s": (n - 1) / (last - first)})
+    results = results[1:]
+    return {
+        "engine": f"llama-cpp-python {llama_cpp.__version__} Llama, Q8_0 + GGUF LoRA",
+        "ttft_ms_p50": round(statistics.median(r["ttft_ms"] for r in results), 1),
+        "decode_tok_s_median": round(statistics.median(r["decode_tok_s"] for r in results), 1),
+    }
+
+
+def agreement(tokenizer, a: str, b: str) -> dict:
+    ta, tb = tokenizer(a)["input_ids"], tokenizer(b)["input_ids"]
+    same = next((i for i, (x, y) in enumerate(zip(ta, tb, strict=False)) if x != y), min(len(ta), len(tb)))
+    return {"identical": a == b, "common_prefix_tokens": same, "api_tokens": len(ta), "reference_tokens": len(tb)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
 
     model_dir = prepare_bundled(Settings(home=REPO / ".hone"), log=lambda *_: None)
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(Path(tmp), str(model_dir))
+        work = Path(tmp)
+        adapters = {f"v{i}": make_adapter(model_dir, work / f"v{i}", seed=i) for i in (1, 2, 3)}
+        register_versions(work / "feedback.db", adapters)
+
+        started = time.perf_counter()
+        server = start_server(work, str(model_dir))
         try:
             created = server.cli("users", "add", "bench", "--role", "staff", "--json")
             key = json.loads(created.stdout)["api_key"]
+            first = stream_once(server.url, key, 16)
+            cold_start_s = first["first"] - started
+            health = httpx.get(server.url + "/health").json()
+            merged = wait_for_merged(server.url, "v1") if health["engine"] == "llama.cpp" else False
             stream_once(server.url, key, args.max_tokens)  # warm-up
             runs = [stream_once(server.url, key, args.max_tokens) for _ in range(args.runs)]
+            stream_once(server.url, key, 16, CONCURRENT_PROMPTS[1])  # warm-up for the batch shapes
+            batch = concurrent(server.url, key, args.concurrency, args.max_tokens)
+            for version in ("v2", "v3"):
+                stream_once(server.url, key, 16, model=version)
+            memory = rss_mib(server.process.pid)
         finally:
             server.stop()
 
-    print(
-        json.dumps(
-            {
-                "benchmark": "serve",
-                "model": "SmolLM2-135M-Instruct (bundled, dequantised fp32)",
-                "engine": "transformers in-process, HTTP streaming",
-                "batch": 1,
-                "runs": args.runs,
-                "max_tokens": args.max_tokens,
-                "prompt_tokens": runs[0]["prompt_tokens"],
-                "completion_tokens_median": statistics.median(r["completion_tokens"] for r in runs),
-                "ttft_ms_p50": round(statistics.median(r["ttft_ms"] for r in runs), 1),
-                "decode_tok_s_median": round(statistics.median(r["decode_tok_s"] for r in runs), 1),
-                "runs_detail": [{k: round(v, 2) for k, v in r.items()} for r in runs],
+        naive = reference_transformers(model_dir, adapters["v1"], args.max_tokens)
+        llama = reference_llama_cpp(model_dir, adapters["v1"], args.max_tokens, args.runs)
+
+    from transformers import AutoTokenizer
+
+    single_tok_s = statistics.median(r["decode_tok_s"] for r in runs)
+    ttft_p50 = statistics.median(r["ttft_ms"] for r in runs)
+    same = agreement(AutoTokenizer.from_pretrained(model_dir), runs[0]["text"], naive["text"])
+    if llama is not None:
+        speed_target = {"vs": "llama.cpp Q8_0 + LoRA", "ratio": round(single_tok_s / llama["decode_tok_s_median"], 2)}
+        speed_target["met"] = speed_target["ratio"] >= 0.8
+    else:
+        speed_target = {"vs": "transformers fp32 + PEFT", "ratio": round(single_tok_s / naive["decode_tok_s"], 2)}
+        speed_target["met"] = speed_target["ratio"] >= 5
+    report = {
+        "benchmark": "serve",
+        "model": "SmolLM2-135M-Instruct (bundled) + LoRA r16 all-linear, as the current version",
+        "engine": health["engine"],
+        "current_version_merged": merged,
+        "max_tokens": args.max_tokens,
+        "prompt_tokens": runs[0]["prompt_tokens"],
+        "cold_start_s": round(cold_start_s, 2),
+        "single_stream": {
+            "runs": args.runs,
+            "ttft_ms_p50": round(ttft_p50, 1),
+            "decode_tok_s_median": round(single_tok_s, 1),
+            "runs_detail": [
+                {k: round(r[k], 2) for k in ("ttft_ms", "decode_tok_s", "completion_tokens")} for r in runs
+            ],
+        },
+        "concurrent": batch,
+        "memory_mib_base_plus_3_versions": memory,
+        "reference_llama_cpp": llama,
+        "reference_transformers_fp32": {k: naive[k] for k in ("ttft_ms", "decode_tok_s")},
+        "answer_vs_in_process_peft": same,
+        "targets": {
+            "single_stream_speed": speed_target,
+            "ttft_p50_le_100ms": ttft_p50 <= 100,
+            "concurrent_aggregate_ge_4x_single": {
+                "ratio": round(batch["aggregate_tok_s"] / single_tok_s, 2),
+                "met": batch["aggregate_tok_s"] >= 4 * single_tok_s,
             },
-            indent=2,
-        )
-    )
+            "concurrent_ttft_p95_le_1s": batch["ttft_ms_p95"] <= 1000,
+            "cold_start_le_15s": cold_start_s <= 15,
+            "rss_le_1536_mib": memory["VmRSS"] <= 1536,
+        },
+    }
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,52 @@
+"""Pick the serving engine: llama.cpp where it can run this model, else the transformers reference engine."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from assistant.config import Settings
+from assistant.engine import BaseEngine, Engine
+from assistant.gguf_files import GGUFUnavailable, base_gguf
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "install it with `make setup` (builds llama-cpp-python, about 3-6 minutes)"
+
+
+def llama_cpp_installed() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except (ImportError, OSError):  # OSError: the shared library exists but cannot load on this CPU
+        return False
+    return True
+
+
+def make_engine(settings: Settings, base_model: str, announce=print) -> BaseEngine:
+    """`settings.engine`: 'llama.cpp' must work or fail loudly; 'auto' falls back with a message saying why."""
+    if settings.engine != "transformers":
+        reason = None
+        if not llama_cpp_installed():
+            reason = f"llama-cpp-python is not installed; {INSTALL_HINT}"
+        else:
+            try:
+                gguf = base_gguf(Path(base_model), settings.gguf_type, settings.base_gguf)
+            except GGUFUnavailable as exc:
+                reason = str(exc)
+        if reason is None:
+            from assistant.llama_engine import LlamaEngine
+
+            announce(f"[hone] serving with llama.cpp ({gguf.name}, up to {settings.serve_batch} answers at once)")
+            return LlamaEngine(
+                base_model,
+                gguf,
+                threads=settings.threads,
+                queue_limit=settings.queue_limit,
+                max_batch=settings.serve_batch,
+                kv_tokens=settings.serve_kv_tokens,
+                max_context_tokens=settings.max_context_tokens,
+            )
+        if settings.engine == "llama.cpp":
+            raise RuntimeError(f"ASSISTANT_ENGINE=llama.cpp cannot run: {reason}")
+        announce(f"[hone] serving with transformers (slower): {reason}")
+    return Engine(base_model, dtype=settings.dtype, threads=settings.threads, queue_limit=settings.queue_limit)
