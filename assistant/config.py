@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     )
     base_gguf: Path | None = Field(None, description="a GGUF of a non-bundled base model, for llama.cpp serving")
     serve_batch: int = Field(8, ge=1, le=64, description="answers llama.cpp generates together")
-    serve_kv_tokens: int = Field(8192, ge=256, description="llama.cpp KV cache cells shared by running answers")
+    serve_kv_tokens: int = Field(4096, ge=256, description="llama.cpp KV cache cells shared by running answers")
     dtype: str = Field("float32", pattern="^(float32|bfloat16)$", description="transformers engine and training")
     threads: int = Field(0, ge=0, description="model threads; 0 uses every core")
     default_max_tokens: int = Field(256, ge=1)

@@ -66,6 +66,9 @@ class _Lane:
         params.n_seq_max = max_batch
         params.kv_unified = True  # all slots share the cells: short chats leave room for long ones
         params.n_batch = params.n_ubatch = PREFILL_TOKENS_PER_STEP + max_batch
+        # logits only for each sequence's newest token: sizes the output buffer (vocab x outputs) to that
+        params.n_outputs_max = max_batch
+        params.n_outputs_max_per_seq = 1
         params.n_threads = params.n_threads_batch = threads
         self.ctx = ll.llama_init_from_model(self.model, params)
         if not self.ctx:
@@ -133,7 +136,7 @@ class LlamaEngine(BaseEngine):
         threads: int = 0,
         queue_limit: int = 64,
         max_batch: int = 8,
-        kv_tokens: int = 8192,
+        kv_tokens: int = 4096,
         max_context_tokens: int = 2048,
         merge_preferred: bool = True,
     ) -> None:

@@ -27,6 +27,9 @@ class Database:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        # Writers in this process queue on a lock instead of in SQLite's busy handler, whose growing sleeps
+        # (up to 100 ms) let one writer starve while others get in (bench/feedback_writes.py: max 0.75 s).
+        self._writer = threading.Lock()
         with self.write() as db:
             migrations.apply(db)
 
@@ -50,13 +53,14 @@ class Database:
         if db.conn.in_transaction:  # nested: join the outer transaction
             yield db
             return
-        db.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.conn.rollback()
-            raise
-        db.conn.commit()
+        with self._writer:
+            db.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.conn.rollback()
+                raise
+            db.conn.commit()
 
     def query(self, sql: str, params: tuple | list | dict = ()) -> list[dict]:
         return list(self.db.query(sql, params))
