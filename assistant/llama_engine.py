@@ -28,7 +28,7 @@ from assistant.gguf_files import GGUFUnavailable, adapter_gguf, merged_gguf
 
 log = logging.getLogger(__name__)
 
-PREFILL_TOKENS_PER_STEP = 512  # a long prompt is fed in chunks so running answers keep streaming
+PREFILL_TOKENS_PER_STEP = 256  # a long prompt is fed in chunks so running answers keep streaming
 TOP_P_CANDIDATES = 1024  # nucleus sampling looks at the most likely tokens only (exact at usual temperatures)
 
 
@@ -210,6 +210,7 @@ class LlamaEngine(BaseEngine):
             return
         finally:
             self._preferring = None
+            _return_freed_memory()
         with self._lock:
             if version not in self.adapters:  # unloaded meanwhile
                 self._retired.append(lane)
@@ -338,6 +339,14 @@ class LlamaEngine(BaseEngine):
             seq.streamer.end()
         finally:
             self._finish(generation)
+
+
+def _return_freed_memory() -> None:
+    """Merging frees ~270 MB of numpy buffers that glibc would otherwise keep in its heap (counted as RSS)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:

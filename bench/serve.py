@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from concurrent import futures as concurrent_futures
 from pathlib import Path
 
 import httpx
@@ -261,8 +263,10 @@ def main() -> None:
         finally:
             server.stop()
 
+        # llama.cpp first, in a fresh process: torch's idle OpenMP threads spin and would slow it down
+        with concurrent_futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            llama = pool.submit(reference_llama_cpp, model_dir, adapters["v1"], args.max_tokens, args.runs).result()
         naive = reference_transformers(model_dir, adapters["v1"], args.max_tokens)
-        llama = reference_llama_cpp(model_dir, adapters["v1"], args.max_tokens, args.runs)
 
     from transformers import AutoTokenizer
 
