@@ -65,17 +65,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 def prepare_model(settings) -> str:
     """The base model folder, and the GGUF llama.cpp will serve when it can (so the first start is quick)."""
-    from pathlib import Path
-
-    from assistant.engine_choice import llama_cpp_installed
-    from assistant.gguf_files import GGUFUnavailable, base_gguf
+    from assistant.engine_choice import llama_gguf
 
     model_dir = resolve_base_model(settings)
-    if settings.engine != "transformers" and llama_cpp_installed():
-        try:
-            base_gguf(Path(model_dir), settings.gguf_type, settings.base_gguf)
-        except GGUFUnavailable:
-            pass  # the server says why when it starts
+    if settings.engine != "transformers":
+        llama_gguf(settings, model_dir)  # where there is none, the server says why when it starts
     return model_dir
 
 

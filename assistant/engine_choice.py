@@ -22,18 +22,21 @@ def llama_cpp_installed() -> bool:
     return True
 
 
+def llama_gguf(settings: Settings, base_model: str) -> tuple[Path | None, str | None]:
+    """The GGUF llama.cpp would serve for this base model (made once), or why there is none."""
+    if not llama_cpp_installed():
+        return None, f"llama-cpp-python is not installed; {INSTALL_HINT}"
+    try:
+        return base_gguf(Path(base_model), settings.gguf_type, settings.base_gguf), None
+    except GGUFUnavailable as exc:
+        return None, str(exc)
+
+
 def make_engine(settings: Settings, base_model: str, announce=print) -> BaseEngine:
     """`settings.engine`: 'llama.cpp' must work or fail loudly; 'auto' falls back with a message saying why."""
     if settings.engine != "transformers":
-        reason = None
-        if not llama_cpp_installed():
-            reason = f"llama-cpp-python is not installed; {INSTALL_HINT}"
-        else:
-            try:
-                gguf = base_gguf(Path(base_model), settings.gguf_type, settings.base_gguf)
-            except GGUFUnavailable as exc:
-                reason = str(exc)
-        if reason is None:
+        gguf, reason = llama_gguf(settings, base_model)
+        if gguf is not None:
             from assistant.llama_engine import LlamaEngine
 
             announce(f"[hone] serving with llama.cpp ({gguf.name}, up to {settings.serve_batch} answers at once)")

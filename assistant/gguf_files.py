@@ -74,7 +74,13 @@ def _permute_rows(weight, n_head: int):
     return weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def _check_adapter(adapter_dir: Path, base_config: dict) -> tuple[dict, float]:
+def _read_lora(adapter_dir: Path, base_config: dict) -> tuple[float, dict[str, dict[str, object]]]:
+    """The alpha llama.cpp needs, and {GGUF weight name: {"a": lora A, "b": lora B}} in float32 with B's rows
+    in llama.cpp's q/k order."""
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
     model_type = base_config.get("model_type")
     if model_type not in _PERMUTED_QK:
         raise GGUFUnavailable(f"LoRA conversion to GGUF supports Llama-family models, not {model_type!r}.")
@@ -83,14 +89,6 @@ def _check_adapter(adapter_dir: Path, base_config: dict) -> tuple[dict, float]:
         raise GGUFUnavailable("DoRA, per-module ranks and extra trained modules have no GGUF LoRA form.")
     # llama.cpp scales by alpha / rank; rsLoRA scales by alpha / sqrt(rank)
     alpha = float(peft_config["lora_alpha"]) * (peft_config["r"] ** 0.5 if peft_config.get("use_rslora") else 1.0)
-    return peft_config, alpha
-
-
-def _lora_pairs(adapter_dir: Path, base_config: dict) -> dict[str, dict[str, object]]:
-    """{GGUF weight name: {"a": lora A, "b": lora B}} in float32, B's rows in llama.cpp's q/k order."""
-    import gguf
-    import numpy as np
-    from safetensors.numpy import load_file
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, base_config["num_hidden_layers"])
     n_head = base_config["num_attention_heads"]
@@ -109,7 +107,7 @@ def _lora_pairs(adapter_dir: Path, base_config: dict) -> dict[str, dict[str, obj
         elif part == "B.weight" and module.endswith("k_proj"):
             data = _permute_rows(data, n_kv_head)
         pairs.setdefault(f"{gguf_name}.weight", {})[part[0].lower()] = np.ascontiguousarray(data)
-    return pairs
+    return alpha, pairs
 
 
 def _fresh(target: Path, source: Path) -> bool:
@@ -123,8 +121,7 @@ def adapter_gguf(adapter_dir: Path, base_config: dict) -> Path:
     target = adapter_dir / ADAPTER_FILE
     if _fresh(target, adapter_dir / "adapter_model.safetensors"):
         return target
-    _, alpha = _check_adapter(adapter_dir, base_config)
-    pairs = _lora_pairs(adapter_dir, base_config)
+    alpha, pairs = _read_lora(adapter_dir, base_config)
     tmp = _atomic_target(target)
     try:
         writer = gguf.GGUFWriter(str(tmp), arch="llama")
@@ -156,8 +153,7 @@ def merged_gguf(base: Path, adapter_dir: Path, base_config: dict) -> Path:
     target = adapter_dir / f"merged-{base.name}"
     if _fresh(target, adapter_dir / "adapter_model.safetensors") and _fresh(target, base):
         return target
-    _, alpha = _check_adapter(adapter_dir, base_config)
-    pairs = _lora_pairs(adapter_dir, base_config)
+    alpha, pairs = _read_lora(adapter_dir, base_config)
     reader = gguf.GGUFReader(str(base))
     float_types = (gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.F32)
     for tensor in reader.tensors:

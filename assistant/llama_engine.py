@@ -55,7 +55,6 @@ class _Lane:
 
     def __init__(self, ll, gguf_path: Path, *, max_batch: int, kv_tokens: int, threads: int) -> None:
         self.ll = ll
-        self.gguf_path = gguf_path
         self.max_batch = max_batch
         self.kv_tokens = kv_tokens
         self.model = ll.llama_model_load_from_file(str(gguf_path).encode(), ll.llama_model_default_params())

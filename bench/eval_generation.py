@@ -31,6 +31,7 @@ from assistant.config import REPO_ROOT, Settings  # noqa: E402
 from assistant.model_files import resolve_base_model  # noqa: E402
 from bench.common import MEDQUAD, peak_rss_mib  # noqa: E402
 from bench.quality import split_by_topic  # noqa: E402
+from tests.conftest import recipe_shaped_lora  # noqa: E402
 from training import evaluate  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.generate import BatchGenerator  # noqa: E402
@@ -49,30 +50,6 @@ def held_out_prompts(n: int, system_prompt: str) -> list[list[dict]]:
     if n > len(mixed):
         raise SystemExit(f"--n {n}: only {len(mixed)} held-out questions at hand")
     return [r["prompt"] for r in mixed[:n]]
-
-
-def make_adapter(base_model: str, out: Path, seed: int = 0) -> str:
-    """A LoRA adapter shaped like the recipe's (TrainConfig defaults), with B small but non-zero."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    config = TrainConfig()
-    torch.manual_seed(seed)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(base_model),
-        LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            target_modules=config.target_modules,
-            task_type="CAUSAL_LM",
-        ),
-    )
-    with torch.no_grad():  # PEFT starts B at zero (a no-op); a trained adapter's B is small, not zero
-        for name, weight in model.named_parameters():
-            if "lora_B" in name:
-                weight.normal_(0.0, 0.01)
-    model.save_pretrained(out)
-    return str(out)
 
 
 def version(adapter: str | None) -> str:
@@ -121,7 +98,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir, contextlib.redirect_stdout(sys.stderr):
         generator = evaluate.generator_for(settings)
         base_model = resolve_base_model(settings, log=lambda *_: None)
-        adapter = None if args.no_adapter else make_adapter(base_model, Path(workdir) / "adapter")
+        adapter = None if args.no_adapter else str(recipe_shaped_lora(base_model, Path(workdir) / "adapter"))
         prompts = held_out_prompts(args.n, settings.system_prompt)
         # warm-up, untimed: loads the adapter and the kernels once
         generator.generate(prompts[:2], version(adapter), adapter, max_new_tokens=4, batch_size=2)

@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from assistant.config import Settings  # noqa: E402
 from assistant.model_files import prepare_bundled  # noqa: E402
-from assistant.store import Database, utcnow  # noqa: E402
-from tests.conftest import REPO, start_server  # noqa: E402
+from assistant.store import Database  # noqa: E402
+from tests.conftest import REPO, recipe_shaped_lora, register_adapter, start_server  # noqa: E402
 
 # About 40 prompt tokens once the chat template is applied, and an answer long enough to fill 128 tokens.
 PROMPT = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."
@@ -50,41 +50,13 @@ CONCURRENT_PROMPTS = [
 ]
 
 
-def make_adapter(model_dir: Path, out: Path, seed: int) -> Path:
-    """A LoRA of the recipe's shape whose B is random and small: it changes answers like a trained one."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    lora = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(model_dir), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")
-    )
-    with torch.no_grad():
-        for name, param in lora.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.03)
-    lora.save_pretrained(out)
-    return out
-
-
 def register_versions(db_path: Path, adapters: dict[str, Path]) -> None:
     """The first adapter becomes the current version; the others stay candidates."""
     from training import registry
 
     database = Database(db_path)
-    with database.write() as db:
-        for version, path in adapters.items():
-            db["versions"].insert(
-                {
-                    "id": version,
-                    "status": "candidate",
-                    "parent": "base",
-                    "adapter_path": str(path),
-                    "created_at": utcnow(),
-                    "notes": "bench/serve.py: random LoRA of the recipe's shape",
-                }
-            )
+    for version, path in adapters.items():
+        register_adapter(database, version, path, "bench/serve.py: random LoRA of the recipe's shape")
     registry.promote(database, next(iter(adapters)), actor="bench", reason="serving benchmark", override=True)
 
 
@@ -241,7 +213,7 @@ def main() -> None:
     model_dir = prepare_bundled(Settings(home=REPO / ".hone"), log=lambda *_: None)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        adapters = {f"v{i}": make_adapter(model_dir, work / f"v{i}", seed=i) for i in (1, 2, 3)}
+        adapters = {f"v{i}": recipe_shaped_lora(model_dir, work / f"v{i}", seed=i, std=0.03) for i in (1, 2, 3)}
         register_versions(work / "feedback.db", adapters)
 
         started = time.perf_counter()

@@ -296,6 +296,46 @@ def seeded(settings):
     return database
 
 
+def recipe_shaped_lora(model_dir: str | Path, out: Path, seed: int = 0, std: float = 0.01) -> Path:
+    """A LoRA shaped like the training recipe's (TrainConfig's rank, alpha and modules) whose B is random and
+    small (N(0, std)): it changes answers as a trained adapter does, without wrecking them. PEFT itself starts
+    B at zero, a no-op."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from training.config import TrainConfig
+
+    config = TrainConfig()
+    torch.manual_seed(seed)
+    lora = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir),
+        LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=config.target_modules),
+    )
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, std)
+    lora.save_pretrained(out)
+    return out
+
+
+def register_adapter(database: Database, version_id: str, adapter_path: Path, notes: str) -> dict:
+    """An adapter folder registered as a candidate version, as a training run leaves it."""
+    from assistant.store import utcnow
+
+    row = {
+        "id": version_id,
+        "status": "candidate",
+        "parent": "base",
+        "adapter_path": str(adapter_path),
+        "created_at": utcnow(),
+        "notes": notes,
+    }
+    with database.write() as db:
+        db["versions"].insert(row)
+    return row
+
+
 def add_adapter_version(
     database: Database, model_dir: Path, out: Path, version_id: str, random_init: bool = True, seed: int = 1
 ) -> dict:
@@ -306,25 +346,13 @@ def add_adapter_version(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from assistant.store import utcnow
-
     torch.manual_seed(seed)
     lora = get_peft_model(
         AutoModelForCausalLM.from_pretrained(model_dir),
         LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=not random_init),
     )
     lora.save_pretrained(out / "adapter")
-    row = {
-        "id": version_id,
-        "status": "candidate",
-        "parent": "base",
-        "adapter_path": str(out / "adapter"),
-        "created_at": utcnow(),
-        "notes": "a tiny adapter for tests",
-    }
-    with database.write() as db:
-        db["versions"].insert(row)
-    return row
+    return register_adapter(database, version_id, out / "adapter", "a tiny adapter for tests")
 
 
 def register_built_version(database: Database, settings: Settings) -> dict:

@@ -8,11 +8,11 @@ import os
 import time
 
 import pytest
-import torch
 
 from assistant.config import Settings
 from assistant.engine import Engine, SamplingParams
 from assistant.engine_choice import llama_cpp_installed, make_engine
+from tests.conftest import recipe_shaped_lora
 
 if not llama_cpp_installed():
     if os.environ.get("CI"):
@@ -32,22 +32,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def adapter_dir(bundled_model_dir, tmp_path_factory):
-    """A LoRA on the real model whose B is random and small: it changes answers without wrecking them."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    lora = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(bundled_model_dir),
-        LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"),
-    )
-    with torch.no_grad():
-        for name, param in lora.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.03)
-    out = tmp_path_factory.mktemp("lora") / "v1"
-    lora.save_pretrained(out)
-    return out
+    return recipe_shaped_lora(bundled_model_dir, tmp_path_factory.mktemp("lora") / "v1", seed=0, std=0.03)
 
 
 @pytest.fixture(scope="module")
