@@ -1,6 +1,6 @@
 """Evaluation generation on the bundled model: the gate's batched answers against one-by-one generation.
 
-    .venv/bin/python bench/eval_generation.py [--n 32] [--batch-sizes 8,16,32] [--max-new-tokens 64] [--no-adapter]
+    .venv/bin/python bench/eval_generation.py [--n 64] [--batch-sizes 8,32,64] [--max-new-tokens 128] [--no-adapter]
 
 Loads the generator the eval gate uses (`training.evaluate.generator_for`, the bundled model in the serving
 dtype) and a real LoRA adapter made here with the recipe's shape (rank, alpha, all linear layers; B drawn
@@ -86,9 +86,9 @@ def recommended(runs: list[dict]) -> int | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=32, help="how many held-out questions to answer")
-    parser.add_argument("--batch-sizes", default="8,16,32", help="comma-separated batch sizes to time")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length (the gate's default: 128)")
+    parser.add_argument("--n", type=int, default=64, help="how many held-out questions to answer")
+    parser.add_argument("--batch-sizes", default="8,32,64", help="comma-separated batch sizes to time")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length (the gate default)")
     parser.add_argument("--no-adapter", action="store_true", help="answer with the bare base model")
     args = parser.parse_args()
     sizes = sorted({int(s) for s in args.batch_sizes.split(",") if s.strip()} - {1})

@@ -1,7 +1,8 @@
 """Batched greedy generation for evaluation: one base model in memory, any version's adapter on top.
 
 Serving answers one request at a time; evaluation answers dozens of prompts, so it pads a batch on the
-left and generates them together (several times the throughput on CPU).
+left, generates them together and drops each answer from the batch as it ends: on 2 cores, 64 answers of up
+to 128 tokens come 8x faster than one by one (bench/eval_generation.py), with the same greedy answers.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -24,6 +25,9 @@ class BatchGenerator:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(base_model, dtype=DTYPES[dtype]).eval()
         self.adapters: set[str] = set()
+        configured = self.model.generation_config.eos_token_id
+        configured = configured if isinstance(configured, list) else [configured]
+        self.stop_ids = torch.tensor(sorted({self.tokenizer.eos_token_id, *configured} - {None}))
 
     def _use(self, version: str, adapter_path: str | None):
         """The model to generate with: the bare base, or the base with this version's adapter active."""
@@ -45,7 +49,7 @@ class BatchGenerator:
         version: str,
         adapter_path: str | None,
         max_new_tokens: int = 128,
-        batch_size: int = 8,
+        batch_size: int = 64,
     ) -> list[str]:
         """Greedy answers to chat prompts (lists of messages), in order."""
         active = self._use(version, adapter_path)
@@ -53,21 +57,49 @@ class BatchGenerator:
         order = sorted(range(len(prompts)), key=lambda i: sum(len(m["content"]) for m in prompts[i]))
         out: list[str] = []
         for batch in _batches([prompts[i] for i in order], batch_size):
-            texts = [self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch]
-            encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             with torch.inference_mode(), self._maybe_without_adapter(active):
-                generated = self.model.generate(
-                    **encoded,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=self.tokenizer.pad_token_id,
-                )
-            new_tokens = generated[:, encoded["input_ids"].shape[1] :]
-            out.extend(t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+                out.extend(self._greedy(batch, max_new_tokens))
         answers = [""] * len(prompts)
         for position, index in enumerate(order):
             answers[index] = out[position]
         return answers
+
+    def _greedy(self, batch: list[list[dict]], max_new_tokens: int) -> list[str]:
+        """Greedy decoding that drops each answer from the batch as it ends. Answers are mostly shorter than
+        the limit, and `generate` would keep computing finished rows until the longest ends: 1.5x slower."""
+        texts = [self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch]
+        encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        mask = encoded["attention_mask"]
+        cache = DynamicCache()
+        step = self.model(
+            input_ids=encoded["input_ids"],
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),  # left padding: positions count real tokens only
+            past_key_values=cache,
+            logits_to_keep=1,
+        )
+        rows = torch.arange(len(batch))
+        tokens: list[list[int]] = [[] for _ in batch]
+        for produced in range(1, max_new_tokens + 1):
+            chosen = step.logits[:, -1].argmax(-1)
+            going = ~torch.isin(chosen, self.stop_ids)
+            for row, token in zip(rows[going].tolist(), chosen[going].tolist(), strict=True):
+                tokens[row].append(token)
+            if produced == max_new_tokens or not going.any():
+                break
+            if not going.all():
+                keep = going.nonzero().squeeze(-1)
+                cache.batch_select_indices(keep)
+                rows, mask, chosen = rows[keep], mask[keep], chosen[keep]
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)
+            step = self.model(
+                input_ids=chosen[:, None],
+                attention_mask=mask,
+                position_ids=mask.sum(-1, keepdim=True) - 1,
+                past_key_values=cache,
+                logits_to_keep=1,
+            )
+        return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
 
     def _maybe_without_adapter(self, active: str | None):
         from contextlib import nullcontext
