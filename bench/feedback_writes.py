@@ -10,10 +10,10 @@
     made through the API, their answers stored in the server's database (one per writer asked through the
     chat API, so real ids are among them), and each writer is a thread with its own keep-alive httpx client
     posting to `/v1/feedback`.
-Writers start together behind a barrier and, unless `--pause-ms` says otherwise, write again as soon as they
-are answered (the heaviest load 16 writers can make); every call is timed on the caller's side. Prints one JSON
-object, per level: p50/p95/p99/max latency in ms, writes/s, errors by kind, whether every acknowledged write is
-in the database afterwards, and whether p99 <= 10 ms.
+Writers start together behind a barrier and write again as soon as they are answered (the heaviest load 16
+writers can make), or after a random think time averaging `--pause-ms`; every call is timed on the caller's
+side. Prints one JSON object, per level: p50/p95/p99/max latency in ms, writes/s, errors by kind, whether every
+acknowledged write is in the database afterwards, and whether p99 <= 10 ms.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 import tempfile
 import threading
@@ -78,15 +79,18 @@ def error_kind(exc: Exception) -> str:
 
 def hammer(writers: list[tuple[Write, list[tuple[int, str, int]]]], pause_s: float = 0.0) -> dict:
     """Run every writer's calls in its own thread, all starting together; per-call latency and outcomes.
-    With no pause each writer writes again as soon as it is answered: the busiest 16 writers can be."""
+    With no pause each writer writes again as soon as it is answered: the busiest 16 writers can be. A pause
+    is each writer's think time, drawn uniformly from 0 to twice its mean (seeded per writer): equal fixed
+    pauses would keep the 16 writers in lockstep, all arriving in the same millisecond, which people don't."""
     latencies: list[float] = []
     acknowledged: list[int] = []
     errors: Counter[str] = Counter()
     lock = threading.Lock()
     barrier = threading.Barrier(len(writers) + 1)
 
-    def run(write: Write, calls: list[tuple[int, str, int]]) -> None:
+    def run(write: Write, calls: list[tuple[int, str, int]], seed: int) -> None:
         mine, ids, failed = [], [], Counter()
+        think = random.Random(seed)
         barrier.wait()
         for message_id, thumb, rating in calls:
             started = time.perf_counter()
@@ -96,13 +100,13 @@ def hammer(writers: list[tuple[Write, list[tuple[int, str, int]]]], pause_s: flo
                 failed[error_kind(exc)] += 1
             mine.append((time.perf_counter() - started) * 1000)
             if pause_s:
-                time.sleep(pause_s)
+                time.sleep(think.uniform(0, 2 * pause_s))
         with lock:
             latencies.extend(mine)
             acknowledged.extend(ids)
             errors.update(failed)
 
-    threads = [threading.Thread(target=run, args=w) for w in writers]
+    threads = [threading.Thread(target=run, args=(*w, seed)) for seed, w in enumerate(writers)]
     for thread in threads:
         thread.start()
     barrier.wait()
@@ -213,7 +217,7 @@ def main() -> None:
     parser.add_argument("--writes", type=int, default=200, help="writes per writer")
     parser.add_argument("--answers", type=int, default=20, help="answers each writer rates in turn")
     parser.add_argument("--level", choices=("service", "http", "both"), default="both")
-    parser.add_argument("--pause-ms", type=float, default=0.0, help="each writer's pause between writes")
+    parser.add_argument("--pause-ms", type=float, default=0.0, help="each writer's mean pause between writes")
     args = parser.parse_args()
     pause_s = args.pause_ms / 1000
 
