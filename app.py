@@ -6,6 +6,8 @@ python app.py        # ASSISTANT_HOST:ASSISTANT_PORT, default 127.0.0.1:7860
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import gradio as gr
 import uvicorn
@@ -19,6 +21,8 @@ from assistant.services import Hone, build
 from assistant.ui import HEAD, build_ui
 from assistant.web import BodyLimit, install_error_handlers, install_login
 from training.schedule import Scheduler
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # gradio reads it when it would call home
 
 
 def create_app(settings: Settings | None = None, engine: BaseEngine | None = None) -> FastAPI:
@@ -36,7 +40,24 @@ def create_app(settings: Settings | None = None, engine: BaseEngine | None = Non
         user = authenticate(hone.database, hone.sessions, request.headers, request.cookies)
         return user.name if user else None
 
-    return gr.mount_gradio_app(app, build_ui(hone), path="/", auth_dependency=ui_user, head=HEAD)
+    return gr.mount_gradio_app(
+        app, build_ui(hone), path="/", auth_dependency=ui_user, head=HEAD, **hardening(hone.settings)
+    )
+
+
+def hardening(settings: Settings) -> dict:
+    """Gradio's serving options, closed down: it serves no file from the database or the data home (adapters,
+    secrets, backups), takes uploads no larger than a request body, and runs no extra servers or endpoints."""
+    database = Path(settings.db).resolve()
+    return {
+        "blocked_paths": [str(settings.home.resolve()), *(str(database) + suffix for suffix in ("", "-wal", "-shm"))],
+        "max_file_size": settings.max_body_bytes,
+        "show_error": False,  # only gr.Error messages reach the browser, not tracebacks' text
+        "enable_monitoring": False,
+        "mcp_server": False,
+        "ssr_mode": False,
+        "pwa": False,
+    }
 
 
 def main() -> None:

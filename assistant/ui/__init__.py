@@ -15,7 +15,7 @@ HEAD = KEYBOARD_JS  # page-wide <head> additions, passed to gr.mount_gradio_app
 
 
 def build_ui(hone: Hone) -> gr.Blocks:
-    with gr.Blocks(title="Hone") as blocks:
+    with gr.Blocks(title="Hone", analytics_enabled=False) as blocks:
         with gr.Row():
             whoami = gr.Markdown("", elem_id="whoami")
             gr.HTML('<a href="/logout" style="float:right">Sign out</a>')
