@@ -8,6 +8,8 @@ import shutil
 
 import pytest
 
+from assistant.store import versions
+
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -222,6 +224,24 @@ def test_admin_retrains_from_the_admin_tab_and_watches_progress(browser, bundled
     job = db.one("select * from jobs order by id desc limit 1")
     assert job["created_by"] == "browser-trainer" and json.loads(job["config"])["max_steps"] == 4
     assert db.one("select status from versions where id = ?", [version])["status"] == "candidate"
+
+    # promote it (4 steps rarely pass the gate: the override is audited with the reason), then roll it back
+    before = versions.current(db)["id"]
+    page.fill("#admin-version input, #admin-version textarea", version)
+    page.fill("#admin-reason input, #admin-reason textarea", "browser journey: promote")
+    page.check("#admin-override input")
+    page.get_by_role("button", name="Promote").click()
+    page.wait_for_selector(f"text={version} is now current", timeout=60_000)
+    assert versions.current(db)["id"] == version
+    shot(page, "admin-promoted")
+    page.fill("#admin-reason input, #admin-reason textarea", "browser journey: roll back")
+    page.get_by_role("button", name="Roll back current").click()
+    page.wait_for_selector(f"text={before} is now current", timeout=60_000)
+    assert versions.current(db)["id"] == before
+    assert db.one("select status from versions where id = ?", [version])["status"] == "rolled_back"
+    actions = [r["action"] for r in db.query("select action from audit_log where actor = 'browser-trainer'")]
+    assert "version.promote" in actions and "version.rollback" in actions
+    shot(page, "admin-rolled-back")
 
 
 def test_a_reviewer_votes_blind_and_only_then_sees_which_version_answered(browser, bundled_server, tmp_path):
