@@ -15,11 +15,12 @@ from fastapi import FastAPI
 
 from assistant.api import build_api
 from assistant.auth import authenticate
+from assistant.backup import BackupScheduler
 from assistant.config import Settings, get_settings
 from assistant.engine import BaseEngine
 from assistant.services import Hone, build
 from assistant.ui import HEAD, build_ui
-from assistant.web import BodyLimit, install_error_handlers, install_login
+from assistant.web import BodyLimit, JsonText, install_error_handlers, install_login
 from training.schedule import Scheduler
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # gradio reads it when it would call home
@@ -32,9 +33,12 @@ def create_app(settings: Settings | None = None, engine: BaseEngine | None = Non
     install_error_handlers(app)
     install_login(app, hone)
     app.include_router(build_api(hone))
+    app.add_middleware(JsonText)  # inside BodyLimit: sees only bodies within the limit
     app.add_middleware(BodyLimit, max_bytes=hone.settings.max_body_bytes)
     if hone.settings.retrain_min_new_items or hone.settings.retrain_every_hours:
         app.state.scheduler = Scheduler(hone.database, hone.settings).start()
+    if hone.settings.backup_every_hours:
+        app.state.backup_scheduler = BackupScheduler(hone.database, hone.settings).start()
 
     def ui_user(request) -> str | None:
         user = authenticate(hone.database, hone.sessions, request.headers, request.cookies)

@@ -9,6 +9,9 @@ python -m assistant users erase NAME --reason TEXT [--json]
 python -m assistant seed-demo [--json]      demo users, the MedQuAD Q&A, a few judged chats
 python -m assistant import-qa FILE.jsonl [--as ADMIN] [--json]   # Q&A pairs as approved reviewer answers
 python -m assistant prepare-model        # convert the bundled model once (setup does this)
+python -m assistant backup [--reason TEXT] [--json]   # consistent copy of the DB and version registry
+python -m assistant backups [--json]     # list backups, newest first
+python -m assistant restore PATH|NAME [--yes] [--json]   # server stopped: put a backup back
 """
 
 from __future__ import annotations
@@ -60,6 +63,16 @@ def make_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print what was created as one JSON object")
 
     commands.add_parser("prepare-model", help="resolve the base model (converts the bundled GGUF once)")
+
+    backup = commands.add_parser("backup", help="back up the database and the version registry")
+    backup.add_argument("--reason", default="on demand", help="recorded in the manifest and the audit log")
+    backup.add_argument("--json", action="store_true", help="print the manifest as one JSON object")
+    listing = commands.add_parser("backups", help="list complete backups, newest first")
+    listing.add_argument("--json", action="store_true")
+    restore = commands.add_parser("restore", help="restore a backup (stop the server first)")
+    restore.add_argument("backup", help="a backup folder, or a backup's name under <home>/backups")
+    restore.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    restore.add_argument("--json", action="store_true")
     return parser
 
 
@@ -139,6 +152,42 @@ def run_seed(args: argparse.Namespace, settings) -> None:
         print(f"  {name:<14} {account['role']:<9} password: {shown}")
 
 
+def run_backup(args: argparse.Namespace, settings) -> None:
+    from assistant import backup
+
+    if args.command == "backup":
+        made = backup.create_backup(Database(settings.db), settings, "cli", args.reason)
+        if args.json:
+            print(json.dumps(made))
+        else:
+            print(f"backup {made['name']}: {made['path']}")
+            print(f"  {sum(made['counts'].values())} rows, versions: {', '.join(v['id'] for v in made['versions'])}")
+            if made["pruned"]:
+                print(f"  deleted older backups: {', '.join(made['pruned'])}")
+    elif args.command == "backups":
+        found = backup.list_backups(settings)
+        if args.json:
+            print(json.dumps(found))
+        else:
+            for b in found:
+                print(f"{b['name']:<24} {b['actor'] or '':<10} {b['db_bytes'] or 0:>12} bytes  {b['path']}")
+    else:
+        where = backup.find_backup(settings, args.backup)
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise InvalidRequest("restore replaces the database and the version registry; add --yes to confirm.")
+            answer = input(f"Replace {settings.db} and {settings.versions_dir} with the backup {where}? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                raise InvalidRequest("restore cancelled.")
+        result = backup.restore_backup(settings, where)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(f"restored {result['restored']} into {result['db']} and {result['versions_dir']}")
+            print(f"  previous database kept as {result['previous_db'] or '(there was none)'}")
+            print(f"  previous registry kept as {result['previous_versions_dir'] or '(there was none)'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     settings = get_settings()
@@ -147,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             print(prepare_model(settings))
         elif args.command == "seed-demo":
             run_seed(args, settings)
+        elif args.command in ("backup", "backups", "restore"):
+            run_backup(args, settings)
         elif args.command == "import-qa":
             run_import(args, Database(settings.db), settings.max_message_chars)
         else:

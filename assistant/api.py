@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from assistant import auth
+from assistant import auth, backup
 from assistant.auth import User, authenticate, require_role
 from assistant.chat import Turn
 from assistant.erasure import erase_user
@@ -107,6 +107,12 @@ class VoteIn(BaseModel):
 
 class StopResult(BaseModel):
     stopped: bool
+
+
+class NdjsonResponse(PlainTextResponse):
+    """JSON Lines, one record a line; documented as such in /openapi.json (not as text/plain)."""
+
+    media_type = "application/x-ndjson"
 
 
 class NewUser(BaseModel):
@@ -256,6 +262,15 @@ def build_api(hone: Hone) -> APIRouter:
             raise InvalidRequest("limit must be from 1 to 1000.")
         return {"data": audit.recent(hone.database, limit)}
 
+    @router.post("/v1/admin/backups", tags=["admin"], status_code=201)
+    def create_backup(admin: Admin) -> dict:
+        """A consistent copy of the database and the version registry; returns its manifest."""
+        return backup.create_backup(hone.database, hone.settings, admin.name, "on demand (API)")
+
+    @router.get("/v1/admin/backups", tags=["admin"])
+    def list_backups(admin: Admin) -> dict:
+        return {"data": backup.list_backups(hone.settings)}
+
     @router.post("/v1/feedback", tags=["feedback"], status_code=201)
     def give_feedback(body: FeedbackIn, user: Staff) -> dict:
         fields = body.model_dump(exclude={"message_id"})
@@ -304,14 +319,14 @@ def build_api(hone: Hone) -> APIRouter:
     def export_counts(admin: Admin) -> dict:
         return examples.counts(hone.database)
 
-    @router.get("/v1/export/{kind}", tags=["export"], response_class=PlainTextResponse)
-    def export(kind: str, admin: Admin) -> PlainTextResponse:
+    @router.get("/v1/export/{kind}", tags=["export"], response_class=NdjsonResponse)
+    def export(kind: str, admin: Admin) -> NdjsonResponse:
         if kind not in examples.KINDS:
             raise NotFound(f"No export {kind!r}; choose one of: {', '.join(examples.KINDS)}.")
         rows = examples.build_examples(hone.database)[kind]
         audit.record(hone.database, admin.name, f"export.{kind}", "", rows=len(rows))
         body = "".join(json.dumps(e.row, ensure_ascii=False) + "\n" for e in rows)
-        return PlainTextResponse(body, media_type="application/x-ndjson")
+        return NdjsonResponse(body)
 
     @router.post("/v1/import/qa", tags=["export"])
     async def import_pairs(request: Request, admin: Admin, source: str = "api") -> dict:

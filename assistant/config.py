@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     training_min_free_mb: int = Field(500, ge=0, description="free disk under the data home a training run needs")
     retrain_config_file: Path | None = Field(None, description="YAML training config for scheduled runs")
     schedule_check_seconds: float = Field(300.0, gt=0, description="how often the schedule looks")
+    backup_every_hours: float = Field(
+        0.0, ge=0, description="scheduled backup once the newest backup is this old (0: off)"
+    )
+    backup_keep: int = Field(7, ge=1, description="backups kept under <home>/backups; older ones are deleted")
 
     gate_min_domain_gain: float = Field(
         0.0, ge=0.0, le=1.0, description="promotion gate: how much the candidate's domain cosine must gain"
@@ -98,6 +102,10 @@ class Settings(BaseSettings):
     @property
     def versions_dir(self) -> Path:
         return self.home / "versions"
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.home / "backups"
 
 
 @lru_cache(maxsize=1)
