@@ -6,6 +6,8 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from assistant import auth
 from assistant.config import REPO_ROOT, Settings
 from assistant.importer import import_qa
@@ -39,3 +41,19 @@ def import_lines(space: Workspace, lines: list[str]) -> dict:
 
 def peak_rss_mib() -> int:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux reports KiB
+
+
+def api_user(
+    url: str, admin_key: str, name: str, role: str = "staff", timeout: float = 60
+) -> tuple[httpx.Client, dict]:
+    """A user made through the API (`POST /v1/users`) and a keep-alive client signed in with its API key."""
+    made = httpx.post(
+        url + "/v1/users",
+        json={"name": name, "role": role},
+        headers={"Authorization": f"Bearer {admin_key}"},
+        timeout=timeout,
+    )
+    made.raise_for_status()
+    created = made.json()
+    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {created['api_key']}"}, timeout=timeout)
+    return client, created

@@ -40,7 +40,7 @@ from assistant.config import Settings  # noqa: E402
 from assistant.feedback import FeedbackService  # noqa: E402
 from assistant.model_files import prepare_bundled  # noqa: E402
 from assistant.store import Database, users  # noqa: E402
-from bench.common import peak_rss_mib  # noqa: E402
+from bench.common import api_user, peak_rss_mib  # noqa: E402
 from tests.conftest import REPO, answered, start_server, user  # noqa: E402
 
 TARGET_P99_MS = 10.0
@@ -175,16 +175,7 @@ def http_level(workdir: Path, writers: int, writes: int, answers: int, pause_s: 
         database = Database(server.env["ASSISTANT_DB"])  # the server's file; WAL lets both processes in
         jobs = []
         for w in range(writers):
-            made = httpx.post(
-                server.url + "/v1/users",
-                json={"name": f"writer{w}", "role": "staff"},
-                headers={"Authorization": f"Bearer {admin_key}"},
-                timeout=60,
-            )
-            made.raise_for_status()
-            client = httpx.Client(
-                base_url=server.url, headers={"Authorization": f"Bearer {made.json()['api_key']}"}, timeout=60
-            )
+            client, _ = api_user(server.url, admin_key, f"writer{w}")
             clients.append(client)
             asked = client.post(
                 "/v1/chat/completions",

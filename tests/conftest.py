@@ -49,9 +49,13 @@ def bundled_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, bundled_model_dir) -> Path:
     """A randomly initialised 2-layer Llama with the real tokenizer and chat template: fast and real-shaped."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"), bundled_model_dir)
+
+
+def make_tiny_model(out: Path, bundled_model_dir: Path) -> Path:
+    """The tiny model of `tiny_model_dir`, saved in `out` (also for bench/load.py --tiny)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    out = tmp_path_factory.mktemp("tiny-llama")
     tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
