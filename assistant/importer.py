@@ -17,11 +17,22 @@ def content_hash(question: str, answer: str) -> str:
     return hashlib.sha256(json.dumps(normalised).encode()).hexdigest()
 
 
+def is_unicode(text: str) -> bool:
+    """False for text with a lone UTF-16 surrogate (JSON lets `\\ud800` through): it cannot be stored as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_line(line: str, max_chars: int) -> tuple[str, str]:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON ({exc.msg})") from None
+    except RecursionError:
+        raise ValueError("not JSON (nested too deeply)") from None
     if not isinstance(record, dict):
         raise ValueError("not a JSON object")
     fields = []
@@ -31,6 +42,8 @@ def parse_line(line: str, max_chars: int) -> tuple[str, str]:
             raise ValueError(f"'{key}' must be a non-empty string")
         if len(value) > max_chars:
             raise ValueError(f"'{key}' is longer than {max_chars} characters")
+        if not is_unicode(value):
+            raise ValueError(f"'{key}' is not valid Unicode (a lone surrogate escape such as \\ud800)")
         fields.append(value.strip())
     return fields[0], fields[1]
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import html
+import json
+import re
+import sqlite3
 
 from fastapi import FastAPI, Form, Request
 from fastapi.exceptions import RequestValidationError
@@ -52,6 +55,15 @@ def install_error_handlers(app: FastAPI) -> None:
             for e in exc.errors()[:5]
         )
         return error_json(422, f"Invalid request: {problems}", "invalid_request_error")
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def database_busy(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
+        # Another process held the database past the busy timeout: say so and when to retry, not a bare 500.
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise exc
+        response = error_json(503, "The database is busy; nothing was saved. Try again shortly.", "database_busy")
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -103,6 +115,72 @@ class BodyLimit:
 
 async def _no_receive() -> dict:
     return {"type": "http.disconnect"}
+
+
+# A \uD800-\uDFFF escape: only then is a body parsed here (encoded surrogate bytes already fail the UTF-8 check).
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+class JsonText:
+    """Refuse /v1/ JSON bodies whose text is not Unicode with 400: invalid UTF-8, or a lone UTF-16 surrogate
+    (a `"\\ud800"` escape is valid JSON, but such text cannot reach the tokenizer or be stored in SQLite, and
+    used to end in a 500). Bodies arrive here already size-limited by BodyLimit; valid ones pass unchanged."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope.get("headers") or []) if scope["type"] == "http" else {}
+        content_type = headers.get(b"content-type", b"").lower()  # FastAPI parses no other body as JSON
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in ("POST", "PUT", "PATCH")
+            or not scope["path"].startswith("/v1/")
+            or b"json" not in content_type
+        ):
+            return await self.app(scope, receive, send)
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left, or BodyLimit cut the body off and answers 413 itself
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if not _unicode_json(body):
+            problem = "The body must be JSON in UTF-8 with no lone surrogates (e.g. \\ud800)."
+            return await error_json(400, problem, "invalid_request_error")(scope, receive, send)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def _unicode_json(body: bytes) -> bool:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    if not SURROGATE_ESCAPE.search(body):
+        return True
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):
+        return True  # not JSON: FastAPI refuses it with its own 4xx
+    try:
+        json.dumps(parsed, ensure_ascii=False).encode("utf-8")  # escaped pairs are joined by now; lone ones fail
+    except UnicodeEncodeError:
+        return False
+    except RecursionError:
+        return True
+    return True
 
 
 def install_login(app: FastAPI, hone: Hone) -> None:

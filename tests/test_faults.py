@@ -240,3 +240,33 @@ def test_writes_wait_for_another_process_holding_the_write_lock_and_are_not_lost
             me["client"].close()
     finally:
         server.stop()
+
+
+@pytest.mark.timeout(300)
+def test_a_write_that_outwaits_the_busy_timeout_gets_a_503_saves_nothing_and_succeeds_on_retry(
+    tmp_path, tiny_model_dir
+):
+    server = start_server(tmp_path, str(tiny_model_dir), ASSISTANT_DB_BUSY_TIMEOUT_MS="300")
+    db_path = Path(server.env["ASSISTANT_DB"])
+    try:
+        _, staff = staff_with_answers(server, 1)
+        me = staff[0]
+        body = write_for(0, 0, me["message_id"])
+        locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(db_path), "3"], stdout=subprocess.PIPE, text=True)
+        try:
+            assert locker.stdout.readline().strip() == "locked"
+            refused = me["client"].post("/v1/feedback", json=body, timeout=60)
+            assert locker.wait(30) == 0
+        finally:
+            if locker.poll() is None:
+                locker.kill()
+        assert refused.status_code == 503, answer(refused)
+        assert refused.headers["retry-after"] == "5"
+        assert refused.json()["error"]["type"] == "database_busy"
+        assert feedback_rows(db_path) == {}
+        retried = me["client"].post("/v1/feedback", json=body, timeout=60)
+        assert retried.status_code == 201, answer(retried)
+        assert list(feedback_rows(db_path)) == [retried.json()["feedback_id"]]
+        me["client"].close()
+    finally:
+        server.stop()

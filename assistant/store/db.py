@@ -23,8 +23,9 @@ def utcnow() -> str:
 class Database:
     """Owns the database file. `db` gives this thread's connection; `write()` a serialised transaction."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         # Writers in this process queue on a lock instead of in SQLite's busy handler, whose growing sleeps
@@ -37,8 +38,8 @@ class Database:
     def db(self) -> sqlite_utils.Database:
         conn = getattr(self._local, "db", None)
         if conn is None:
-            raw = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
-            raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            raw = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000)
+            raw.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
             raw.execute("PRAGMA journal_mode=WAL")
             raw.execute("PRAGMA synchronous=NORMAL")
             raw.execute("PRAGMA foreign_keys=ON")

@@ -90,11 +90,12 @@ def build_chat_tab(hone: Hone) -> None:
                 feedback_status = gr.Markdown(elem_id="feedback-status")
             with gr.Accordion("Settings", open=False):
                 temperature = gr.Slider(0, 2, value=hone.settings.default_temperature, step=0.05, label="Temperature")
+                limit = hone.settings.max_tokens_limit
                 max_tokens = gr.Slider(
-                    16,
-                    hone.settings.max_tokens_limit,
-                    value=hone.settings.default_max_tokens,
-                    step=16,
+                    1,
+                    max(limit, 2),  # Gradio needs a maximum above the minimum, even for a tiny limit
+                    value=min(hone.settings.default_max_tokens, limit),
+                    step=1 if limit < 64 else 16,
                     label="Max new tokens",
                 )
 
