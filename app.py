@@ -13,15 +13,15 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
+from assistant import backup
 from assistant.api import build_api
 from assistant.auth import authenticate
-from assistant.backup import BackupScheduler
 from assistant.config import Settings, get_settings
 from assistant.engine import BaseEngine
 from assistant.services import Hone, build
 from assistant.ui import HEAD, build_ui
 from assistant.web import BodyLimit, JsonText, install_error_handlers, install_login
-from training.schedule import Scheduler
+from training import schedule
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # gradio reads it when it would call home
 
@@ -36,9 +36,9 @@ def create_app(settings: Settings | None = None, engine: BaseEngine | None = Non
     app.add_middleware(JsonText)  # inside BodyLimit: sees only bodies within the limit
     app.add_middleware(BodyLimit, max_bytes=hone.settings.max_body_bytes)
     if hone.settings.retrain_min_new_items or hone.settings.retrain_every_hours:
-        app.state.scheduler = Scheduler(hone.database, hone.settings).start()
+        app.state.scheduler = schedule.scheduler(hone.database, hone.settings).start()
     if hone.settings.backup_every_hours:
-        app.state.backup_scheduler = BackupScheduler(hone.database, hone.settings).start()
+        app.state.backup_scheduler = backup.scheduler(hone.database, hone.settings).start()
 
     def ui_user(request) -> str | None:
         user = authenticate(hone.database, hone.sessions, request.headers, request.cookies)

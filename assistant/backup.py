@@ -15,7 +15,6 @@ the database open, and keeps the database and registry it replaces (`*.before-re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,8 @@ from pathlib import Path
 
 from assistant.config import REPO_ROOT, Settings
 from assistant.errors import Conflict, HoneError, InvalidRequest, NotFound
+from assistant.model_files import sha256_file
+from assistant.periodic import Periodic
 from assistant.store import Database, audit
 from assistant.store.db import BUSY_TIMEOUT_MS
 
@@ -55,14 +56,6 @@ def hone_version() -> str:
         return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
     except (OSError, KeyError, tomllib.TOMLDecodeError):
         return "unknown"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _stamp(now: datetime) -> str:
@@ -292,29 +285,14 @@ def tick(database: Database, settings: Settings, now: datetime | None = None) ->
     return create_backup(database, settings, SCHEDULE_ACTOR, reason)
 
 
-class BackupScheduler:
-    """A daemon thread that calls `tick` every `schedule_check_seconds`."""
+def scheduler(database: Database, settings: Settings) -> Periodic:
+    """The backup schedule's thread: `tick` every `schedule_check_seconds`."""
 
-    def __init__(self, database: Database, settings: Settings) -> None:
-        self.database, self.settings = database, settings
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="hone-backup", daemon=True)
+    def check() -> None:
+        if (made := tick(database, settings)) is not None:
+            log.info("scheduled backup made: %s", made["path"])
 
-    def start(self) -> BackupScheduler:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.stopped.set()
-
-    def _loop(self) -> None:
-        while not self.stopped.wait(self.settings.schedule_check_seconds):
-            try:
-                made = tick(self.database, self.settings)
-                if made is not None:
-                    log.info("scheduled backup made: %s", made["path"])
-            except Exception:  # noqa: BLE001 - the schedule must outlive one bad tick
-                log.exception("scheduled backup failed")
+    return Periodic("backup", settings.schedule_check_seconds, check)
 
 
 # ---------------------------------------------------------------------------------------------- restore

@@ -37,7 +37,7 @@ def bundled_gguf_path() -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -66,7 +66,7 @@ def prepare_bundled(settings: Settings, log=print) -> Path:
         return cache
     gguf = bundled_gguf_path()
     log(f"[hone] checking {gguf.name} ...")
-    if _sha256(gguf) != BUNDLED_SHA256:
+    if sha256_file(gguf) != BUNDLED_SHA256:
         raise ModelFileError(f"The bundled model file {gguf} is corrupt (checksum mismatch); {FIX_HINT}")
     log("[hone] converting the bundled model to a safetensors cache (once; about 20 s) ...")
     import torch

@@ -8,11 +8,11 @@ would only spend the CPU. After a failed run the schedule waits an hour before t
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import UTC, datetime
 
 from assistant.config import Settings
 from assistant.errors import HoneError
+from assistant.periodic import Periodic
 from assistant.store import Database
 from training import examples, jobs
 
@@ -62,26 +62,11 @@ def tick(database: Database, settings: Settings) -> dict | None:
         return None
 
 
-class Scheduler:
-    """A daemon thread that calls `tick` every `schedule_check_seconds`."""
+def scheduler(database: Database, settings: Settings) -> Periodic:
+    """The retrain schedule's thread: `tick` every `schedule_check_seconds`."""
 
-    def __init__(self, database: Database, settings: Settings) -> None:
-        self.database, self.settings = database, settings
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="hone-schedule", daemon=True)
+    def check() -> None:
+        if (job := tick(database, settings)) is not None:
+            log.info("scheduled retrain started: run %s", job["id"])
 
-    def start(self) -> Scheduler:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.stopped.set()
-
-    def _loop(self) -> None:
-        while not self.stopped.wait(self.settings.schedule_check_seconds):
-            try:
-                job = tick(self.database, self.settings)
-                if job is not None:
-                    log.info("scheduled retrain started: run %s", job["id"])
-            except Exception:  # noqa: BLE001 - the schedule must outlive one bad tick
-                log.exception("scheduled retrain check failed")
+    return Periodic("schedule", settings.schedule_check_seconds, check)
