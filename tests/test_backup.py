@@ -351,6 +351,16 @@ def test_an_admin_backs_up_and_lists_over_http(server):
     assert (audit["actor"], audit["target"]) == ("backup-admin", made["name"])
 
 
+def test_an_admin_backs_up_from_the_admin_tab(server):
+    from tests.conftest import ui_client
+
+    server.add_user("backup-ui-admin", "admin")
+    status, table, _ = ui_client(server.url, "backup-ui-admin", "backup-ui-admin-password").predict(api_name="/backup")
+    newest = backup.list_backups(server.hone.settings)[0]
+    assert newest["actor"] == "backup-ui-admin" and newest["name"] in status
+    assert table["data"][0][:3] == [newest["name"], newest["created_at"], "backup-ui-admin"]
+
+
 def cli(*args: str) -> subprocess.CompletedProcess:
     # the autouse fixture has pointed ASSISTANT_DB and ASSISTANT_HOME at temp paths through the environment
     return subprocess.run(

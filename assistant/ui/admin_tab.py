@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from assistant import auth
+from assistant import auth, backup
 from assistant.erasure import erase_user
 from assistant.errors import HoneError
 from assistant.importer import import_qa
@@ -105,6 +105,10 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
                 erase_reason = gr.Textbox(label="Why erase (recorded)", elem_id="admin-erase-reason")
                 erase_user_data = gr.Button("Erase this user's data", variant="stop", elem_id="admin-erase")
             user_status = gr.Markdown()
+        with gr.Accordion("Backups", open=False):
+            backup_now = gr.Button("Back up now", elem_id="admin-backup")
+            backup_status = gr.Markdown(elem_id="admin-backup-status")
+            backup_table = gr.Dataframe(headers=["name", "created_at", "actor", "db_bytes"], label="Backups")
         with gr.Accordion("Audit log", open=False):
             audit_table = gr.Dataframe(headers=["at", "actor", "action", "target", "details"], label="Latest 200")
 
@@ -123,6 +127,18 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
         except UnicodeDecodeError as exc:
             raise gr.Error("The file is not UTF-8 text.") from exc
         return report, counts_line(examples.counts(hone.database))
+
+    def make_backup(request: gr.Request):
+        admin = guard(hone, request, "admin")
+        try:
+            made = backup.create_backup(hone.database, hone.settings, admin.name, "on demand (Admin tab)")
+        except HoneError as exc:
+            raise ui_error(exc) from exc
+        return f"Backup **{made['name']}** written to `{made['path']}`.", _backups(), _audit()
+
+    def _backups() -> pd.DataFrame:
+        rows = [[b["name"], b["created_at"], b["actor"], b["db_bytes"]] for b in backup.list_backups(hone.settings)]
+        return pd.DataFrame(rows, columns=["name", "created_at", "actor", "db_bytes"])
 
     def agreement(request: gr.Request):
         guard(hone, request, "admin")
@@ -318,6 +334,7 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
     tab.select(overview, None, overview_outputs, api_name="admin_overview")
     tab.select(ab_refresh, ab_inputs, ab_outputs, api_name="ab_overview")
     import_button.click(do_import, [qa_file], [import_report, counts], api_name="import_qa")
+    backup_now.click(make_backup, None, [backup_status, backup_table, audit_table], api_name="backup")
     refresh_agreement.click(agreement, None, [reviewer_table, pair_table, dispute], api_name="agreement")
     dispute.change(show_dispute, [dispute], [dispute_view], api_name=False)
     adjudicate.click(
