@@ -215,7 +215,7 @@ def install_login(app: FastAPI, hone: Hone) -> None:
         )
         return response
 
-    @app.get("/logout", include_in_schema=False)
+    @app.post("/logout", include_in_schema=False)  # POST: a link on another site cannot sign anyone out
     def logout(request: Request) -> Response:
         hone.sessions.logout(request.cookies.get(SESSION_COOKIE))
         response = RedirectResponse("/login", status_code=303)

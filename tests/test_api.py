@@ -203,7 +203,7 @@ def test_browser_login_cookie_and_lockout(tiny_server):
         assert "httponly" in cookie and "samesite=lax" in cookie
         assert client.get("/").status_code == 200
         assert client.get("/v1/me").json()["name"] == "browser-user"
-        client.get("/logout")
+        client.post("/logout")
         assert client.get("/v1/me").status_code == 401
 
     with httpx.Client(base_url=tiny_server.url) as client:

@@ -46,7 +46,7 @@ ROUTE_ROLES: dict[tuple[str, str], str | None] = {
     # browser login
     ("GET", "/login"): None,
     ("POST", "/login"): None,
-    ("GET", "/logout"): None,
+    ("POST", "/logout"): None,
     # meta and chat
     ("GET", "/health"): None,
     ("GET", "/v1/models"): "staff",
@@ -611,7 +611,7 @@ def test_a_revoked_key_and_a_logged_out_session_are_refused_at_once(tiny_server,
 
     cookie = {"Cookie": f"{auth.SESSION_COOKIE}={login_cookie(url, 'r-holder', 'r-holder-password')}"}
     assert httpx.get(url + "/v1/me", headers=cookie).status_code == 200
-    out = httpx.get(url + "/logout", headers=cookie)
+    out = httpx.post(url + "/logout", headers=cookie)
     assert out.status_code == 303 and 'hone_session=""' in out.headers["set-cookie"]
     assert httpx.get(url + "/v1/me", headers=cookie).status_code == 401
     assert queue_call(url, cookie, whoami_fn(blocks), [])[0] == 401

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -205,6 +206,42 @@ def test_a_killed_worker_fails_its_job_and_registers_nothing(settings, seeded, c
     assert finished["status"] == "failed" and "stopped without finishing" in finished["error"]
     assert [v["id"] for v in seeded.query("select id from versions")] == ["base"]
     assert not list((Path(cli_env["ASSISTANT_HOME"]) / "versions").glob(".staging-*"))
+
+
+def mount_namespaces() -> bool:
+    """Whether this machine lets a process mount a small filesystem of its own (user + mount namespaces)."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = ["unshare", "--user", "--map-root-user", "--mount", "mount", "-t", "tmpfs", "tmpfs", "/mnt"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+def test_a_disk_that_fills_up_during_training_fails_the_job_cleanly(settings, seeded, cli_env):
+    if not mount_namespaces():
+        pytest.skip("no user and mount namespaces here, so no small disk to fill")
+    versions = Path(cli_env["ASSISTANT_HOME"]) / "versions"
+    versions.mkdir(parents=True, exist_ok=True)
+    # The registry is a 16 KiB disk of its own: the run passes the free-space check (set to 0), starts, trains,
+    # and runs out of space writing its adapter (about 60 KiB). Inside the namespace, list what it left there.
+    quick = "--set max_steps=2 --set batch_size=4 --set evaluate=false"
+    script = (
+        f'mount -t tmpfs -o size=16k tmpfs "{versions}" && '
+        f'"{sys.executable}" -m training run --wait --json {quick}; echo "exit=$?"; ls -A "{versions}"'
+    )
+    ran = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**cli_env, "ASSISTANT_TRAINING_MIN_FREE_MB": "0"},
+        timeout=240,
+    )
+    lines = ran.stdout.strip().splitlines()
+    assert "exit=0" not in lines and any(line.startswith("exit=") for line in lines), ran.stdout + ran.stderr
+    assert lines[-1].startswith("exit="), f"left in the registry: {lines[-1]}"  # nothing after: no staging left
+    job = seeded.one("select * from jobs order by id desc limit 1")
+    assert job["status"] == "failed" and "No space left on device" in job["error"], job
+    assert [v["id"] for v in seeded.query("select id from versions")] == ["base"]
 
 
 def test_registry_promote_refuses_unknown_versions(settings, seeded):

@@ -18,7 +18,7 @@ def build_ui(hone: Hone) -> gr.Blocks:
     with gr.Blocks(title="Hone", analytics_enabled=False) as blocks:
         with gr.Row():
             whoami = gr.Markdown("", elem_id="whoami")
-            gr.HTML('<a href="/logout" style="float:right">Sign out</a>')
+            gr.HTML('<form method="post" action="/logout" style="text-align:right"><button>Sign out</button></form>')
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
                 list_conversations, history_list = build_chat_tab(hone)
