@@ -8,6 +8,8 @@ python -m training show VERSION [--json]    one version and its model card
 python -m training eval VERSION [--data FILE.jsonl] [--json] [--max-tokens N]
 python -m training promote VERSION [--reason TEXT] [--override]
 python -m training rollback [--reason TEXT]
+python -m training export VERSION --format adapter|merged|gguf --out DIR
+python -m training export-data --out DIR    SFT/DPO/KTO as JSONL and Parquet, with a dataset card
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from assistant.errors import HoneError, InvalidRequest, NotFound
 from assistant.store import Database, versions
 from training import gate, jobs, registry
 from training.config import parse_overrides
+from training.export import FORMATS, export_datasets, export_version
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -54,6 +57,12 @@ def make_parser() -> argparse.ArgumentParser:
     promote.add_argument("--override", action="store_true", help="promote although the gate failed (audited)")
     rollback = commands.add_parser("rollback", help="make the previous version current again")
     rollback.add_argument("--reason", default="command line")
+    export = commands.add_parser("export", help="a version as a PEFT adapter, a merged model or a GGUF file")
+    export.add_argument("version")
+    export.add_argument("--format", required=True, choices=FORMATS)
+    export.add_argument("--out", required=True, type=Path, help="a new or empty folder")
+    export_data = commands.add_parser("export-data", help="the training data as JSONL and Parquet")
+    export_data.add_argument("--out", required=True, type=Path, help="a new or empty folder")
     worker = commands.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("job_id", type=int)
     return parser
@@ -141,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(registry.promote(database, args.version, "cli", args.reason, override=args.override)))
         elif args.command == "rollback":
             print(json.dumps(registry.rollback(database, "cli", args.reason)))
+        elif args.command == "export":
+            print(json.dumps(export_version(database, settings, args.version, args.format, args.out, "cli")))
+        elif args.command == "export-data":
+            print(json.dumps(export_datasets(database, settings, args.out, "cli")))
     except HoneError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
