@@ -123,3 +123,21 @@ def test_a_gguf_export_runs_in_llama_cpp_and_answers_like_the_version(bundled_mo
     prompt = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
     out = llm.create_completion(prompt, max_tokens=16, temperature=0.0)
     assert tokenizer(out["choices"][0]["text"], add_special_tokens=False)["input_ids"][:8] == expected[:8]
+
+
+def test_an_admin_downloads_exports_from_the_admin_tab(tiny_server, tiny_model_dir, tmp_path):
+    import zipfile
+
+    from tests.conftest import ui_client
+
+    add_adapter_version(tiny_server.hone.database, tiny_model_dir, tmp_path / "ui", "ui-export")
+    tiny_server.add_user("export-admin", "admin")
+    client = ui_client(tiny_server.url, "export-admin", "export-admin-password")
+    downloaded = client.predict("ui-export", "adapter", api_name="/export_version")
+    with zipfile.ZipFile(downloaded) as archive:
+        assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= set(archive.namelist())
+    data = client.predict(api_name="/export_data")
+    with zipfile.ZipFile(data) as archive:
+        assert "README.md" in archive.namelist()
+    with pytest.raises(Exception, match="no adapter"):
+        client.predict("base", "adapter", api_name="/export_version")

@@ -4,6 +4,8 @@ adjudication, users (and erasure), audit."""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import gradio as gr
@@ -21,6 +23,7 @@ from assistant.ui.render import counts_line, review_item, run_status
 from assistant.ui.review_tab import VERDICT_LABELS
 from training import examples, jobs, registry, schedule
 from training.config import defaults_table, parse_yaml
+from training.export import FORMATS, export_datasets, export_version
 from training.gate import explain
 
 EXPORT_LINKS = " · ".join(f'<a href="/v1/export/{k}" download="{k}.jsonl">{k}.jsonl</a>' for k in examples.KINDS)
@@ -77,6 +80,12 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
                 promote = gr.Button("Promote")
                 rollback = gr.Button("Roll back current")
             version_status = gr.Markdown()
+            with gr.Accordion("Export", open=False):
+                with gr.Row():
+                    export_format = gr.Radio(list(FORMATS), value="adapter", label="Format")
+                    export_button = gr.Button("Export this version", elem_id="admin-export")
+                    export_data_button = gr.Button("Export the training data", elem_id="admin-export-data")
+                export_file = gr.File(label="Download (zip)", elem_id="admin-export-file")
             poll = gr.Timer(2.0, active=False)  # started when an admin opens this tab
         ab_refresh, ab_inputs, ab_outputs = build_ab_accordion(hone)
         with gr.Accordion("Reviewer agreement and adjudication", open=False):
@@ -127,6 +136,27 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
         except UnicodeDecodeError as exc:
             raise gr.Error("The file is not UTF-8 text.") from exc
         return report, counts_line(examples.counts(hone.database))
+
+    def export_zip(request: gr.Request, write) -> str:
+        """Run an export into a temp folder and zip it for download (the data home is never served)."""
+        admin = guard(hone, request, "admin")
+        folder = Path(tempfile.mkdtemp(prefix="hone-export-"))
+        try:
+            made = write(admin.name, folder / "export")
+        except HoneError as exc:
+            raise ui_error(exc) from exc
+        name = Path(made["path"]).parent / (made.get("version", "training-data") + "-" + made.get("format", "data"))
+        return shutil.make_archive(str(name), "zip", made["path"])
+
+    def do_export(version_id: str, fmt: str, request: gr.Request) -> str:
+        vid = (version_id or "").strip()
+        if not vid:
+            raise gr.Error("Type the version to export.")
+        settings = hone.settings
+        return export_zip(request, lambda actor, out: export_version(hone.database, settings, vid, fmt, out, actor))
+
+    def do_export_data(request: gr.Request) -> str:
+        return export_zip(request, lambda actor, out: export_datasets(hone.database, hone.settings, out, actor))
 
     def make_backup(request: gr.Request):
         admin = guard(hone, request, "admin")
@@ -334,6 +364,8 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
     tab.select(overview, None, overview_outputs, api_name="admin_overview")
     tab.select(ab_refresh, ab_inputs, ab_outputs, api_name="ab_overview")
     import_button.click(do_import, [qa_file], [import_report, counts], api_name="import_qa")
+    export_button.click(do_export, [version_pick, export_format], [export_file], api_name="export_version")
+    export_data_button.click(do_export_data, None, [export_file], api_name="export_data")
     backup_now.click(make_backup, None, [backup_status, backup_table, audit_table], api_name="backup")
     refresh_agreement.click(agreement, None, [reviewer_table, pair_table, dispute], api_name="agreement")
     dispute.change(show_dispute, [dispute], [dispute_view], api_name=False)
