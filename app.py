@@ -13,7 +13,7 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
-from assistant import backup
+from assistant import backup, webhooks
 from assistant.api import build_api
 from assistant.auth import authenticate
 from assistant.config import Settings, get_settings
@@ -39,6 +39,8 @@ def create_app(settings: Settings | None = None, engine: BaseEngine | None = Non
         app.state.scheduler = schedule.scheduler(hone.database, hone.settings).start()
     if hone.settings.backup_every_hours:
         app.state.backup_scheduler = backup.scheduler(hone.database, hone.settings).start()
+    if hone.settings.webhook_url:
+        app.state.webhooks = webhooks.scheduler(hone.database, hone.settings).start()
 
     def ui_user(request) -> str | None:
         user = authenticate(hone.database, hone.sessions, request.headers, request.cookies)

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from assistant import auth, backup
+from assistant import auth, backup, webhooks
 from assistant.auth import User, authenticate, require_role
 from assistant.chat import Turn
 from assistant.erasure import erase_user
@@ -270,6 +270,13 @@ def build_api(hone: Hone) -> APIRouter:
     @router.get("/v1/admin/backups", tags=["admin"])
     def list_backups(admin: Admin) -> dict:
         return {"data": backup.list_backups(hone.settings)}
+
+    @router.get("/v1/admin/webhooks", tags=["admin"])
+    def webhook_outbox(admin: Admin, limit: int = 100) -> dict:
+        """The newest webhook events, each with its status (pending, retrying, delivered, failed) and last error."""
+        if not 1 <= limit <= 1000:
+            raise InvalidRequest("limit must be from 1 to 1000.")
+        return {"enabled": bool(hone.settings.webhook_url), "data": webhooks.recent(hone.database, limit)}
 
     @router.post("/v1/feedback", tags=["feedback"], status_code=201)
     def give_feedback(body: FeedbackIn, user: Staff) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +97,25 @@ class Settings(BaseSettings):
     secure_cookies: bool = Field(False, description="set Secure on cookies (serve over TLS)")
     login_max_failures: int = Field(5, ge=1, description="failed logins before a lockout")
     login_lockout_seconds: int = Field(300, ge=1)
+
+    webhook_url: str | None = Field(
+        None,
+        pattern=r"^https?://\S+$",
+        description="POST signed events (feedback, training finished, promotion, rollback) here (unset: off)",
+    )
+    webhook_secret: str | None = Field(
+        None, min_length=16, description="HMAC-SHA256 key for X-Hone-Signature; required with webhook_url"
+    )
+    webhook_max_attempts: int = Field(8, ge=1, le=50, description="deliveries tried before an event is left failed")
+
+    @model_validator(mode="after")
+    def _webhook_needs_secret(self) -> Settings:
+        if self.webhook_url and not self.webhook_secret:
+            raise ValueError(
+                "ASSISTANT_WEBHOOK_URL is set but ASSISTANT_WEBHOOK_SECRET is not: set a secret of at least "
+                "16 characters, shared with the receiver, so it can check that events come from Hone."
+            )
+        return self
 
     @property
     def models_dir(self) -> Path:

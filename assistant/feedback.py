@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from assistant import webhooks
 from assistant.auth import User
 from assistant.errors import Conflict, InvalidRequest, NotFound
 from assistant.store import Database, audit, conversations
@@ -135,6 +136,21 @@ class FeedbackService:
                     audit.record(self.database, user.name, "correction.add", f"message:{message['id']}")
             if feedback_id is None and correction_id is None:
                 raise Conflict("This feedback was already recorded.")
+            webhooks.record(  # ids and judgements only: no answer, comment or correction text leaves Hone
+                self.database,
+                "feedback.created",
+                {
+                    "message_id": message["id"],
+                    "feedback_id": feedback_id,
+                    "correction_id": correction_id,
+                    "thumb": thumb if feedback_id else None,
+                    "rating": rating if feedback_id else None,
+                    "reasons": reasons if feedback_id else [],
+                    "has_comment": comment is not None and feedback_id is not None,
+                    "version": message["version"],
+                    "user": user.name,
+                },
+            )
         if self.after is not None:
             try:
                 self.after()

@@ -64,6 +64,7 @@ ROUTE_ROLES: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/audit"): "admin",
     ("POST", "/v1/admin/backups"): "admin",
     ("GET", "/v1/admin/backups"): "admin",
+    ("GET", "/v1/admin/webhooks"): "admin",
     # review
     ("GET", "/v1/review/queue"): "reviewer",
     ("POST", "/v1/review/next"): "reviewer",
@@ -167,6 +168,8 @@ GRADIO_ROLES: dict[str, str] = {
     "ab_overview": "admin",
     "import_qa": "admin",
     "backup": "admin",
+    "export_version": "admin",
+    "export_data": "admin",
     "agreement": "admin",
     "adjudicate": "admin",
     "add_user": "admin",
@@ -213,6 +216,8 @@ GRADIO_CALLS: dict[str, dict] = {
     "ab_overview": {"args": ("thumbs_up_rate",), "ok": True},
     "import_qa": {"args": ("{qa_file}",), "ok": True},
     "backup": {"args": (), "ok": True},
+    "export_version": {"args": ("base", "adapter")},  # refused for admins too: the base has no adapter
+    "export_data": {"args": (), "ok": True},
     "agreement": {"args": (), "ok": True},
     "adjudicate": {"args": (None, None, None, "")},
     "add_user": {"args": ("r-ui-created", "staff"), "ok": True},

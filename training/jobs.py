@@ -17,6 +17,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from assistant import webhooks
 from assistant.config import REPO_ROOT, Settings
 from assistant.errors import Conflict, InvalidRequest, NotFound
 from assistant.model_files import ModelFileError, resolve_base_model
@@ -88,6 +89,9 @@ def age_s(iso: str, now: datetime | None = None) -> float:
 def _finish(database: Database, job_id: int, status: str, error: str | None = None, version: str | None = None):
     with database.write() as db:
         db["jobs"].update(job_id, {"status": status, "finished_at": utcnow(), "error": error, "version": version})
+        webhooks.record(
+            database, "training.finished", {"job_id": job_id, "status": status, "version": version, "error": error}
+        )
 
 
 def check_base_model(settings: Settings) -> str:
@@ -160,6 +164,11 @@ def start(
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "ASSISTANT_DB": str(settings.db), "ASSISTANT_HOME": str(settings.home)}
     env["ASSISTANT_BASE_MODEL"] = settings.base_model
+    env.pop("ASSISTANT_WEBHOOK_URL", None)
+    env.pop("ASSISTANT_WEBHOOK_SECRET", None)
+    if settings.webhook_url:  # the worker records training.finished in the outbox; the server delivers it
+        env["ASSISTANT_WEBHOOK_URL"] = settings.webhook_url
+        env["ASSISTANT_WEBHOOK_SECRET"] = settings.webhook_secret or ""
     process = subprocess.Popen(
         [sys.executable, "-m", "training", "worker", str(job_id)],
         cwd=REPO_ROOT,
@@ -230,7 +239,7 @@ def run_worker(settings: Settings, job_id: int) -> int:
     from training.evaluate import evaluate_candidate, write_jsonl
     from training.train import train
 
-    database = Database(settings.db)
+    database = Database(settings.db, webhooks=bool(settings.webhook_url))
     job = get(database, job_id)
     if job["status"] != "queued":
         return 1

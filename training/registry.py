@@ -9,6 +9,7 @@ import shutil
 from importlib.metadata import version as package_version
 from pathlib import Path
 
+from assistant import webhooks
 from assistant.errors import Conflict, InvalidRequest, NotFound
 from assistant.store import Database, audit, versions
 from assistant.store.db import utcnow
@@ -212,9 +213,15 @@ def promote(database: Database, version_id: str, actor: str, reason: str, overri
         why = "it has not been evaluated" if verdict is None else "it failed the promotion gate"
         raise Conflict(f"{version_id} cannot be promoted: {why}. Evaluate it, or override the gate with a reason.")
     with database.write() as db:
+        previous = versions.current(database)["id"]
         db.execute("update versions set status = 'archived' where status = 'current'")
         db["versions"].update(version_id, {"status": "current", "promoted_at": utcnow()})
         audit.record(database, actor, "version.promote", version_id, reason=reason, gate_overridden=gated)
+        webhooks.record(
+            database,
+            "version.promoted",
+            {"version": version_id, "previous": previous, "actor": actor, "reason": reason, "gate_overridden": gated},
+        )
     return versions.get(database, version_id)
 
 
@@ -232,4 +239,9 @@ def rollback(database: Database, actor: str, reason: str) -> dict:
         db["versions"].update(current["id"], {"status": "rolled_back"})
         db["versions"].update(previous["id"], {"status": "current"})
         audit.record(database, actor, "version.rollback", previous["id"], from_version=current["id"], reason=reason)
+        webhooks.record(
+            database,
+            "version.rolled_back",
+            {"version": previous["id"], "previous": current["id"], "actor": actor, "reason": reason},
+        )
     return versions.get(database, previous["id"])

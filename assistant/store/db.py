@@ -23,9 +23,10 @@ def utcnow() -> str:
 class Database:
     """Owns the database file. `db` gives this thread's connection; `write()` a serialised transaction."""
 
-    def __init__(self, path: Path | str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+    def __init__(self, path: Path | str, busy_timeout_ms: int = BUSY_TIMEOUT_MS, webhooks: bool = False) -> None:
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
+        self.webhooks = webhooks  # record events in the webhook outbox (assistant/webhooks.py) as changes are written
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         # Writers in this process queue on a lock instead of in SQLite's busy handler, whose growing sleeps

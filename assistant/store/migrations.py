@@ -342,3 +342,25 @@ def m006_ab_and_compare(db: sqlite_utils.Database) -> None:
     )
     db["comparisons"].create_index(["user_id"])
     db["comparisons"].create_index(["vote"])
+
+
+@migrations()
+def m007_webhook_outbox(db: sqlite_utils.Database) -> None:
+    # Events for the webhook, written in the same transaction as the change they report (a transactional
+    # outbox): a crash before delivery loses nothing. Delivered in id order; a row that ran out of attempts
+    # stays with its last_error (delivered_at null, next_attempt_at null).
+    db["outbox"].create(
+        {
+            "id": int,
+            "event": str,  # feedback.created | training.finished | version.promoted | version.rolled_back
+            "payload": str,  # JSON: the event's data
+            "created_at": str,
+            "attempts": int,
+            "next_attempt_at": str,  # null once delivered or given up
+            "delivered_at": str,
+            "last_error": str,
+        },
+        pk="id",
+        not_null={"event", "payload", "created_at", "attempts"},
+    )
+    db["outbox"].create_index(["next_attempt_at"])
