@@ -156,7 +156,7 @@ def run_backup(args: argparse.Namespace, settings) -> None:
     from assistant import backup
 
     if args.command == "backup":
-        made = backup.create_backup(Database(settings.db), settings, "cli", args.reason)
+        made = backup.create_backup(Database.for_settings(settings), settings, "cli", args.reason)
         if args.json:
             print(json.dumps(made))
         else:
@@ -199,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command in ("backup", "backups", "restore"):
             run_backup(args, settings)
         elif args.command == "import-qa":
-            run_import(args, Database(settings.db), settings.max_message_chars)
+            run_import(args, Database.for_settings(settings), settings.max_message_chars)
         else:
-            run_users(args, Database(settings.db))
+            run_users(args, Database.for_settings(settings))
     except (HoneError, ModelFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -31,7 +31,6 @@ from assistant.errors import Conflict, HoneError, InvalidRequest, NotFound
 from assistant.model_files import sha256_file
 from assistant.periodic import Periodic
 from assistant.store import Database, audit
-from assistant.store.db import BUSY_TIMEOUT_MS
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +70,6 @@ def _unique_name(root: Path, now: datetime) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- create
-
-
-def _vacuum_into(source: Path, target: Path) -> None:
-    conn = sqlite3.connect(source, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    try:
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        conn.execute("VACUUM INTO ?", [str(target)])
-    finally:
-        conn.close()
 
 
 def inspect_copy(path: Path) -> dict:
@@ -153,7 +143,7 @@ def create_backup(database: Database, settings: Settings, actor: str, reason: st
         try:
             partial.mkdir()
             db_copy = partial / DB_NAME
-            _vacuum_into(database.path, db_copy)
+            database.db.conn.execute("VACUUM INTO ?", [str(db_copy)])  # one read transaction: a consistent copy
             content = inspect_copy(db_copy)
             files = _copy_registry(settings.versions_dir, partial / VERSIONS_NAME)
             roots = (settings.versions_dir, settings.versions_dir.resolve())
@@ -178,9 +168,8 @@ def create_backup(database: Database, settings: Settings, actor: str, reason: st
                     for v in content["versions"]
                 ],
                 "files": files,
-                "seconds": None,
+                "seconds": round(time.monotonic() - started, 3),
             }
-            manifest["seconds"] = round(time.monotonic() - started, 3)
             (partial / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
             os.rename(partial, root / name)
         except BaseException:

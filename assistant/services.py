@@ -35,7 +35,7 @@ class Hone:
 
 
 def build(settings: Settings, engine: BaseEngine | None = None, announce=print) -> Hone:
-    database = Database(settings.db, busy_timeout_ms=settings.db_busy_timeout_ms, webhooks=bool(settings.webhook_url))
+    database = Database.for_settings(settings)
     interrupted = conversations.mark_interrupted(database)
     if interrupted:
         log.warning("%d answers were cut off by a previous shutdown", interrupted)

@@ -39,6 +39,16 @@ def import_lines(space: Workspace, lines: list[str]) -> dict:
     return import_qa(space.database, space.admin, lines, "bench", 100_000)
 
 
+def rows_present(database: Database, table: str, ids: list[int], where: str = "") -> int:
+    """How many of these ids are rows of `table` (matching `where`), counted in chunks SQLite accepts."""
+    found = 0
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        found += database.one(f"select count(*) as n from {table} where {where or '1'} and id in ({marks})", chunk)["n"]
+    return found
+
+
 def peak_rss_mib() -> int:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux reports KiB
 

@@ -40,7 +40,7 @@ from assistant.config import Settings  # noqa: E402
 from assistant.feedback import FeedbackService  # noqa: E402
 from assistant.model_files import prepare_bundled  # noqa: E402
 from assistant.store import Database, users  # noqa: E402
-from bench.common import api_user, peak_rss_mib  # noqa: E402
+from bench.common import api_user, peak_rss_mib, rows_present  # noqa: E402
 from tests.conftest import REPO, answered, start_server, user  # noqa: E402
 
 TARGET_P99_MS = 10.0
@@ -119,12 +119,7 @@ def hammer(writers: list[tuple[Write, list[tuple[int, str, int]]]], pause_s: flo
 
 def stored(database: Database, feedback_ids: list[int]) -> int:
     """How many of these feedback ids are rows in the database (read on a fresh connection)."""
-    found = 0
-    for start in range(0, len(feedback_ids), 500):
-        chunk = feedback_ids[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        found += database.one(f"select count(*) as n from feedback where id in ({marks})", chunk)["n"]
-    return found
+    return rows_present(database, "feedback", feedback_ids)
 
 
 def report(level: str, outcome: dict, in_db: int, extra: dict) -> dict:
@@ -170,8 +165,7 @@ def http_level(workdir: Path, writers: int, writes: int, answers: int, pause_s: 
     server = start_server(workdir, str(model_dir))
     clients: list[httpx.Client] = []
     try:
-        created = server.cli("users", "add", "bench-admin", "--role", "admin", "--json")
-        admin_key = json.loads(created.stdout)["api_key"]
+        admin_key = server.add_user("bench-admin", "admin")["api_key"]
         database = Database(server.env["ASSISTANT_DB"])  # the server's file; WAL lets both processes in
         jobs = []
         for w in range(writers):

@@ -42,7 +42,7 @@ from assistant import auth  # noqa: E402
 from assistant.config import Settings  # noqa: E402
 from assistant.model_files import prepare_bundled  # noqa: E402
 from assistant.store import Database  # noqa: E402
-from bench.common import api_user, peak_rss_mib  # noqa: E402
+from bench.common import api_user, peak_rss_mib, rows_present  # noqa: E402
 from bench.feedback_writes import error_kind, percentiles, plan, stored  # noqa: E402
 from bench.serve import rss_mib  # noqa: E402
 from tests.conftest import REPO, answered, make_tiny_model, start_server  # noqa: E402
@@ -237,13 +237,7 @@ def feedback_user(tally: Tally, w: int, client: httpx.Client, pool: list[int], t
 
 def stored_answers(database: Database, message_ids: list[int]) -> int:
     """How many of these answers are complete rows in the database."""
-    found = 0
-    for start in range(0, len(message_ids), 500):
-        chunk = message_ids[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        sql = f"select count(*) as n from messages where status = 'complete' and id in ({marks})"
-        found += database.one(sql, chunk)["n"]
-    return found
+    return rows_present(database, "messages", message_ids, where="status = 'complete'")
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict:
@@ -254,8 +248,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     server = start_server(workdir / "server", str(model))
     clients: list[httpx.Client] = []
     try:
-        created = server.cli("users", "add", "load-admin", "--role", "admin", "--json")
-        admin_key = json.loads(created.stdout)["api_key"]
+        admin_key = server.add_user("load-admin", "admin")["api_key"]
         database = Database(server.env["ASSISTANT_DB"])  # the server's file; WAL lets both processes in
         chatters = []
         for u in range(args.chat_users):

@@ -219,8 +219,7 @@ def main() -> None:
         started = time.perf_counter()
         server = start_server(work, str(model_dir))
         try:
-            created = server.cli("users", "add", "bench", "--role", "staff", "--json")
-            key = json.loads(created.stdout)["api_key"]
+            key = server.add_user("bench", "staff")["api_key"]
             first = stream_once(server.url, key, 16)
             cold_start_s = first["first"] - started
             health = httpx.get(server.url + "/health").json()

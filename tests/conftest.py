@@ -121,6 +121,13 @@ class RunningServer:
             [sys.executable, "-m", "assistant", *args], env=self.env, cwd=REPO, capture_output=True, text=True
         )
 
+    def add_user(self, name: str, role: str) -> dict:
+        """A user made with the server's own CLI (`users add --json`): name, role, password and API key."""
+        result = self.cli("users", "add", name, "--role", role, "--json")
+        if result.returncode != 0:
+            raise RuntimeError(f"users add {name}: {result.stderr}")
+        return json.loads(result.stdout)
+
     def stop(self) -> None:
         stop_training_workers(Path(self.env["ASSISTANT_DB"]))
         self.process.terminate()

@@ -39,9 +39,7 @@ def browser():
 
 
 def make_user(server, name: str, role: str) -> dict:
-    result = server.cli("users", "add", name, "--role", role, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return server.add_user(name, role)
 
 
 def sign_in(browser, server, user: dict):

@@ -6,7 +6,6 @@ Both run the real server (`python app.py`) on the tiny model, with staff users a
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import subprocess
 import sys
@@ -26,9 +25,7 @@ WRITERS = 16
 
 def staff_with_answers(server, count: int) -> tuple[str, list[dict]]:
     """An admin key and `count` staff users, each with a keep-alive client and one answered chat of their own."""
-    created = server.cli("users", "add", "fault-admin", "--role", "admin", "--json")
-    assert created.returncode == 0, created.stderr
-    admin_key = json.loads(created.stdout)["api_key"]
+    admin_key = server.add_user("fault-admin", "admin")["api_key"]
     staff = []
     for i in range(count):
         client, made = api_user(server.url, admin_key, f"writer{i}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 
 import httpx
@@ -15,9 +14,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def staff(bundled_server) -> dict:
-    result = bundled_server.cli("users", "add", "integ-staff", "--role", "staff", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return bundled_server.add_user("integ-staff", "staff")
 
 
 def db_rows(server, sql: str, params=()) -> list[dict]:

@@ -37,9 +37,7 @@ def server(tmp_path_factory, bundled_model_dir):
 
 
 def add_user(server, name: str, role: str) -> str:
-    result = server.cli("users", "add", name, "--role", role, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["api_key"]
+    return server.add_user(name, role)["api_key"]
 
 
 def call(server, method: str, path: str, key: str, **kwargs) -> httpx.Response:

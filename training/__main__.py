@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     if args.command == "worker":
         return jobs.run_worker(settings, args.job_id)
-    database = Database(settings.db, webhooks=bool(settings.webhook_url))
+    database = Database.for_settings(settings)
     try:
         if args.command == "run":
             admin = auth.acting_admin(database, args.admin)

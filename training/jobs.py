@@ -239,7 +239,7 @@ def run_worker(settings: Settings, job_id: int) -> int:
     from training.evaluate import evaluate_candidate, write_jsonl
     from training.train import train
 
-    database = Database(settings.db, webhooks=bool(settings.webhook_url))
+    database = Database.for_settings(settings)
     job = get(database, job_id)
     if job["status"] != "queued":
         return 1

@@ -35,6 +35,12 @@ class Database:
         with self.write() as db:
             migrations.apply(db)
 
+    @classmethod
+    def for_settings(cls, settings) -> Database:
+        """The deployment's database as its settings say: file, busy timeout, and whether events reach the
+        webhook outbox. Every process that writes for the deployment (server, worker, CLIs) opens it this way."""
+        return cls(settings.db, busy_timeout_ms=settings.db_busy_timeout_ms, webhooks=bool(settings.webhook_url))
+
     @property
     def db(self) -> sqlite_utils.Database:
         conn = getattr(self._local, "db", None)
