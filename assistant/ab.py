@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from statistics import median
 
@@ -105,39 +106,12 @@ class ABService:
         reference = per_version.get(current)
         for version in order:
             out["versions"].append(_summary(version, per_version[version], reference, current, test["candidate"]))
-        out["bucket"], out["series"] = _series(per_version)
+        out["bucket"], out["series"] = series(per_version)
         return out
 
     def _collect(self, test: dict) -> dict[str, dict[int, dict]]:
-        """Per version, per answer: time, latency, thumbs (majority of people's latest), ratings, corrected."""
-        answers = store.answers(self.database, test["first_id"], test["last_id"])
-        per_answer = {
-            a["id"]: {
-                "version": a["version"],
-                "at": a["created_at"],
-                "latency": a["latency_ms"],
-                "thumbs": 0,  # +1 per person whose latest thumb is up, -1 per down
-                "rated": False,
-                "ratings": [],
-                "corrected": False,
-            }
-            for a in answers
-        }
-        for j in store.judgements(self.database, test["first_id"], test["last_id"]):
-            answer = per_answer.get(j["message_id"])
-            if answer is None:
-                continue
-            if j["kind"] == "thumb":
-                answer["thumbs"] += 1 if j["value"] == "up" else -1
-                answer["rated"] = True
-            elif j["kind"] == "rating":
-                answer["ratings"].append(int(j["value"]))
-            else:
-                answer["corrected"] = True
-        per_version: dict[str, dict[int, dict]] = defaultdict(dict)
-        for message_id, answer in per_answer.items():
-            per_version[answer["version"]][message_id] = answer
-        return dict(per_version)
+        first, last = test["first_id"], test["last_id"]
+        return collect(store.answers(self.database, first, last), store.judgements(self.database, first, last))
 
     # -- automatic rollback ----------------------------------------------------------------------
     def check_rollback(self) -> dict | None:
@@ -178,6 +152,39 @@ class ABService:
             )
         log.warning("A/B test of %s ended automatically: %s", test["candidate"], note)
         return {"candidate": test["candidate"], "p": p, "note": note}
+
+
+def collect(answers: list[dict], judgements: list[dict]) -> dict[str, dict[int, dict]]:
+    """Per version, per answer: time, latency, thumbs (majority of people's latest), ratings, corrected.
+
+    `answers` and `judgements` are rows of assistant.store.ab's `answers` and `judgements`."""
+    per_answer = {
+        a["id"]: {
+            "version": a["version"],
+            "at": a["created_at"],
+            "latency": a["latency_ms"],
+            "thumbs": 0,  # +1 per person whose latest thumb is up, -1 per down
+            "rated": False,
+            "ratings": [],
+            "corrected": False,
+        }
+        for a in answers
+    }
+    for j in judgements:
+        answer = per_answer.get(j["message_id"])
+        if answer is None:
+            continue
+        if j["kind"] == "thumb":
+            answer["thumbs"] += 1 if j["value"] == "up" else -1
+            answer["rated"] = True
+        elif j["kind"] == "rating":
+            answer["ratings"].append(int(j["value"]))
+        else:
+            answer["corrected"] = True
+    per_version: dict[str, dict[int, dict]] = defaultdict(dict)
+    for message_id, answer in per_answer.items():
+        per_version[answer["version"]][message_id] = answer
+    return dict(per_version)
 
 
 def _thumbs_down(answers: dict[int, dict]) -> tuple[int, int]:
@@ -223,24 +230,40 @@ def _summary(version: str, answers: dict[int, dict], reference: dict | None, cur
     return out
 
 
-def _series(per_version: dict[str, dict[int, dict]]) -> tuple[str, list[dict]]:
-    """One row per version and period, for the plot over time: days, or hours while the test is young."""
-    times = sorted(a["at"] for answers in per_version.values() for a in answers.values())
-    young = not times or datetime.fromisoformat(times[-1]) - datetime.fromisoformat(times[0]) < timedelta(days=2)
-    bucket, width = ("hour", 13) if young else ("day", 10)
+def time_bucket(times: Iterable[str]) -> str:
+    """How to group ISO timestamps over time: by hour while they span under two days (or there are none),
+    else by day. The A/B plot and the Admin dashboard (assistant.dashboard) group this way."""
+    times = list(times)
+    if not times:
+        return "hour"
+    span = datetime.fromisoformat(max(times)) - datetime.fromisoformat(min(times))
+    return "hour" if span < timedelta(days=2) else "day"
+
+
+def period(at: str, bucket: str) -> str:
+    """The period an ISO timestamp falls in: '2024-05-01' by day, '2024-05-01T13:00' by hour."""
+    return at[:13] + ":00" if bucket == "hour" else at[:10]
+
+
+def series(per_version: dict[str, dict[int, dict]], bucket: str | None = None) -> tuple[str, list[dict]]:
+    """One row per version and period (of the answer's time), for plots over time; `bucket` None: time_bucket."""
+    if bucket is None:
+        bucket = time_bucket(a["at"] for answers in per_version.values() for a in answers.values())
     rows = []
     for version, answers in sorted(per_version.items()):
         by_period: dict[str, dict[int, dict]] = defaultdict(dict)
         for message_id, answer in answers.items():
-            by_period[answer["at"][:width]][message_id] = answer
-        for period, group in sorted(by_period.items()):
+            by_period[period(answer["at"], bucket)][message_id] = answer
+        for when, group in sorted(by_period.items()):
             m = _measures(group)
             rows.append(
                 {
-                    "period": period + (":00" if bucket == "hour" else ""),
+                    "period": when,
                     "version": version,
                     "answers": m["answers"],
+                    "thumbs": m["decided"],
                     "thumbs_up_rate": m["up"] / m["decided"] if m["decided"] else None,
+                    "ratings": len(m["ratings"]),
                     "mean_rating": sum(m["ratings"]) / len(m["ratings"]) if m["ratings"] else None,
                     "correction_rate": m["corrected"] / m["answers"],
                     "latency_ms": sum(m["latency"]) / len(m["latency"]) if m["latency"] else None,

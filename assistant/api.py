@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
-from assistant import auth, backup, webhooks
+from assistant import auth, backup, dashboard, webhooks
 from assistant.auth import User, authenticate, require_role
 from assistant.chat import Turn
 from assistant.erasure import erase_user
@@ -75,6 +75,9 @@ class ReviewIn(BaseModel):
 class TrainingRunIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     config: dict[str, Any] = Field(default_factory=dict, description="overrides of the training config")
+    runner: str | None = Field(
+        None, description="local, accelerate or ray (a configured one); default ASSISTANT_TRAINING_RUNNER"
+    )
 
 
 class ReasonIn(BaseModel):
@@ -159,6 +162,7 @@ def build_api(hone: Hone) -> APIRouter:
             "queued": hone.engine.pending(),
             "engine": hone.engine.name,
             "merged_versions": hone.engine.merged_versions(),
+            "served_models": hone.engine.served_models(),
         }
 
     @router.get("/v1/models", tags=["chat"])
@@ -278,6 +282,13 @@ def build_api(hone: Hone) -> APIRouter:
             raise InvalidRequest("limit must be from 1 to 1000.")
         return {"enabled": bool(hone.settings.webhook_url), "data": webhooks.recent(hone.database, limit)}
 
+    @router.get("/v1/admin/dashboard", tags=["admin"])
+    def admin_dashboard(admin: Admin, bucket: dashboard.Bucket = "auto") -> dict:
+        """The Admin tab's dashboard as data: feedback volume per period and kind, thumbs-up rate and mean
+        rating per version and period, and the blind-vote leaderboard with 95 % intervals. `bucket`: day,
+        hour, or auto (hours while the data spans under two days)."""
+        return dashboard.overview(hone.database, hone.compare.leaderboard(), bucket)
+
     @router.post("/v1/feedback", tags=["feedback"], status_code=201)
     def give_feedback(body: FeedbackIn, user: Staff) -> dict:
         fields = body.model_dump(exclude={"message_id"})
@@ -348,7 +359,7 @@ def build_api(hone: Hone) -> APIRouter:
 
     @router.post("/v1/training/runs", tags=["training"], status_code=202)
     def start_training(body: TrainingRunIn, admin: Admin) -> dict:
-        return jobs.start(hone.database, hone.settings, admin.name, body.config)
+        return jobs.start(hone.database, hone.settings, admin.name, body.config, runner=body.runner)
 
     @router.get("/v1/training/runs", tags=["training"])
     def training_runs(admin: Admin) -> dict:
@@ -375,6 +386,11 @@ def build_api(hone: Hone) -> APIRouter:
     @router.post("/v1/versions/rollback", tags=["versions"])
     def rollback_version(body: ReasonIn, admin: Admin) -> dict:
         return registry.rollback(hone.database, admin.name, body.reason)
+
+    @router.post("/v1/versions/{version_id}/deploy", tags=["versions"])
+    def deploy_version(version_id: str, admin: Admin) -> dict:
+        """Put the version on the serving engine now (an external backend loads it, or converts and restarts)."""
+        return hone.chat.deploy(version_id, admin.name)
 
     @router.post("/v1/versions/{version_id}/promote", tags=["versions"])
     def promote_version(version_id: str, body: PromoteIn, admin: Admin) -> dict:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from assistant.auth import User
 from assistant.config import Settings
 from assistant.engine import BASE_VERSION, BaseEngine, Generation, SamplingParams
-from assistant.errors import Forbidden, InvalidRequest, NotFound
+from assistant.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from assistant.routing import choose_version
-from assistant.store import Database, conversations
+from assistant.store import Database, audit, conversations, versions
 
 MESSAGE_ROLES = ("system", "user", "assistant")
 
@@ -200,6 +200,21 @@ class ChatService:
             self.engine.load_adapter(version, version_row["adapter_path"])
         if version_row.get("status") == "current":
             self.engine.prefer(version)
+
+    def deploy(self, version_id: object, actor: str) -> dict:
+        """Put a version on the serving engine now, rather than at its first request: an admin's deploy step
+        after promotion or before an A/B test (for an external backend: load the adapter, or convert and
+        restart)."""
+        if not isinstance(version_id, str) or not version_id:
+            raise InvalidRequest("version must be a non-empty string.")
+        row = versions.get(self.database, version_id)
+        if row is None:
+            raise NotFound(f"No version {version_id!r}.")
+        if row["status"] == "failed":
+            raise Conflict(f"{version_id} failed; there is nothing to deploy.")
+        self.ensure_loaded(row)
+        audit.record(self.database, actor, "version.deploy", version_id, engine=self.engine.name)
+        return {"version": version_id, "engine": self.engine.name, "served_as": self.engine.served_models()[version_id]}
 
     def _store_answer(self, message_id: int, g: Generation) -> None:
         with self._lock:

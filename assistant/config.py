@@ -36,9 +36,27 @@ class Settings(BaseSettings):
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     engine: str = Field(
         "auto",
-        pattern="^(auto|llama.cpp|transformers)$",
-        description="'auto': llama.cpp where it is installed and the model has a GGUF form, else transformers",
+        pattern="^(auto|llama.cpp|transformers|openai)$",
+        description="'auto': llama.cpp where it is installed and the model has a GGUF form, else transformers; "
+        "'openai': an external OpenAI-compatible server (backend)",
     )
+    backend: str = Field(
+        "llama.cpp",
+        pattern="^(llama.cpp|vllm)$",
+        description="with engine 'openai': 'llama.cpp' (Hone runs llama-cpp-python's server) or 'vllm' (a running "
+        "server at backend_url, started with --enable-lora)",
+    )
+    backend_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/\s]+(/v1)?/?$",
+        description="the backend's root (http://host:port/v1); for llama.cpp, where Hone runs it (default: "
+        "a free loopback port)",
+    )
+    backend_api_key: str | None = Field(None, description="bearer token the backend expects, if any")
+    backend_base_name: str | None = Field(
+        None, description="vllm: the model name the server serves the base under (default: base_model)"
+    )
+    backend_concurrency: int = Field(8, ge=1, le=256, description="answers Hone streams from the backend at once")
     gguf_type: str = Field(
         "F16", pattern="^(F16|BF16|Q8_0|Q4_0|F32)$", description="weights llama.cpp serves the bundled model in"
     )
@@ -73,6 +91,24 @@ class Settings(BaseSettings):
     )
     training_min_free_mb: int = Field(500, ge=0, description="free disk under the data home a training run needs")
     retrain_config_file: Path | None = Field(None, description="YAML training config for scheduled runs")
+    training_runner: str = Field(
+        "local",
+        pattern="^(local|accelerate|ray)$",
+        description="where runs that name no runner train: this machine, `accelerate launch`, or a Ray cluster",
+    )
+    accelerate_config: Path | None = Field(
+        None, description="accelerate config file (`python -m training accelerate-config`) for the accelerate runner"
+    )
+    ray_address: str | None = Field(
+        None,
+        pattern=r"^https?://\S+$",
+        description="Ray Jobs API of the cluster for the ray runner, e.g. http://head:8265",
+    )
+    ray_gpus: float = Field(1.0, ge=0, description="GPUs Ray reserves for a run's worker (0: none)")
+    ray_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description='custom Ray resources a run\'s worker needs, JSON: {"hone_host": 1} keeps it on the Hone host',
+    )
     schedule_check_seconds: float = Field(300.0, gt=0, description="how often the schedule looks")
     backup_every_hours: float = Field(
         0.0, ge=0, description="scheduled backup once the newest backup is this old (0: off)"
@@ -109,11 +145,32 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(8, ge=1, le=50, description="deliveries tried before an event is left failed")
 
     @model_validator(mode="after")
+    def _vllm_needs_url(self) -> Settings:
+        if self.engine == "openai" and self.backend == "vllm" and not self.backend_url:
+            raise ValueError(
+                "ASSISTANT_BACKEND=vllm needs ASSISTANT_BACKEND_URL, the root of the running vLLM server "
+                "(for example http://gpu-box:8000/v1)."
+            )
+        return self
+
+    @model_validator(mode="after")
     def _webhook_needs_secret(self) -> Settings:
         if self.webhook_url and not self.webhook_secret:
             raise ValueError(
                 "ASSISTANT_WEBHOOK_URL is set but ASSISTANT_WEBHOOK_SECRET is not: set a secret of at least "
                 "16 characters, shared with the receiver, so it can check that events come from Hone."
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _runner_is_configured(self) -> Settings:
+        needs = {
+            "accelerate": ("accelerate_config", "ASSISTANT_ACCELERATE_CONFIG"),
+            "ray": ("ray_address", "ASSISTANT_RAY_ADDRESS"),
+        }
+        if self.training_runner in needs and not getattr(self, needs[self.training_runner][0]):
+            raise ValueError(
+                f"ASSISTANT_TRAINING_RUNNER is {self.training_runner} but {needs[self.training_runner][1]} is not set."
             )
         return self
 

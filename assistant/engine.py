@@ -149,6 +149,10 @@ class BaseEngine:
         """Versions served from weights with their adapter merged in (none here)."""
         return []
 
+    def served_models(self) -> dict[str, str]:
+        """Version -> the model name its answers come from (in-process: the version itself)."""
+        return {v: v for v in self.versions()}
+
     # ---- prompts --------------------------------------------------------------------------------
     def encode_chat(self, messages: list[dict], max_prompt_tokens: int) -> torch.Tensor:
         """Apply the chat template; drop the oldest turns (never the system prompt) to fit the budget."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from assistant.backends import Backend, LlamaCppServer, VLLMServer
 from assistant.config import Settings
 from assistant.engine import BaseEngine, Engine
 from assistant.gguf_files import GGUFUnavailable, base_gguf
@@ -34,6 +37,8 @@ def llama_gguf(settings: Settings, base_model: str) -> tuple[Path | None, str | 
 
 def make_engine(settings: Settings, base_model: str, announce=print) -> BaseEngine:
     """`settings.engine`: 'llama.cpp' must work or fail loudly; 'auto' falls back with a message saying why."""
+    if settings.engine == "openai":
+        return make_remote_engine(settings, base_model, announce)
     if settings.engine != "transformers":
         gguf, reason = llama_gguf(settings, base_model)
         if gguf is not None:
@@ -53,3 +58,46 @@ def make_engine(settings: Settings, base_model: str, announce=print) -> BaseEngi
             raise RuntimeError(f"ASSISTANT_ENGINE=llama.cpp cannot run: {reason}")
         announce(f"[hone] serving with transformers (slower): {reason}")
     return Engine(base_model, dtype=settings.dtype, threads=settings.threads, queue_limit=settings.queue_limit)
+
+
+def make_backend(settings: Settings, base_model: str) -> Backend:
+    """The external server `settings.backend` names; fails loudly when it cannot run here."""
+    if settings.backend == "vllm":
+        name = settings.backend_base_name or base_model
+        return VLLMServer(settings.backend_url or "", name, settings.backend_api_key)
+    try:
+        import llama_cpp.server  # noqa: F401
+    except (ImportError, OSError) as exc:
+        raise RuntimeError(
+            f"ASSISTANT_BACKEND=llama.cpp needs llama-cpp-python's server ({exc}); {INSTALL_HINT}"
+        ) from exc
+    gguf, reason = llama_gguf(settings, base_model)
+    if gguf is None:
+        raise RuntimeError(f"ASSISTANT_BACKEND=llama.cpp cannot run: {reason}")
+    host, port = "127.0.0.1", 0
+    if settings.backend_url:
+        address = urlsplit(settings.backend_url)
+        host, port = address.hostname or host, address.port or 0
+    return LlamaCppServer(
+        gguf,
+        json.loads((Path(base_model) / "config.json").read_text()),
+        settings.home / "backend",
+        host=host,
+        port=port,
+        threads=settings.threads,
+        context_tokens=settings.max_context_tokens,
+    )
+
+
+def make_remote_engine(settings: Settings, base_model: str, announce=print) -> BaseEngine:
+    from assistant.remote_engine import RemoteEngine
+
+    backend = make_backend(settings, base_model)
+    announce(f"[hone] serving through {backend.kind} at {backend.url}")
+    return RemoteEngine(
+        base_model,
+        backend,
+        queue_limit=settings.queue_limit,
+        concurrency=settings.backend_concurrency,
+        api_key=settings.backend_api_key,
+    )

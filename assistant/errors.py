@@ -44,3 +44,10 @@ class TooLarge(HoneError):
 class RateLimited(HoneError):
     status = 429
     type = "rate_limit_error"
+
+
+class BackendUnavailable(HoneError):
+    """The external serving backend could not be reached, started or given a version."""
+
+    status = 502
+    type = "backend_error"

@@ -1,6 +1,6 @@
 """Serving speed through Hone's HTTP API on the bundled model, side by side with llama.cpp and naive transformers.
 
-    .venv/bin/python bench/serve.py [--runs 5] [--max-tokens 128] [--concurrency 8]
+    .venv/bin/python bench/serve.py [--runs 5] [--max-tokens 128] [--concurrency 8] [--engine openai]
 
 Registers a LoRA version (r16 on all linear layers, the training recipe's shape, with random small weights)
 as the current version, starts the real server (`python app.py`) and measures, in one run:
@@ -10,7 +10,8 @@ as the current version, starts the real server (`python app.py`) and measures, i
 - concurrency: N chats at once, aggregate tokens/s, time-to-first-token p95 and the slowest stream;
 - in-process references on the same prompt: llama-cpp-python's `Llama` on a Q8_0 GGUF with the adapter as a
   GGUF LoRA (when installed), and transformers fp32 + PEFT (what a naive app does);
-- the server's resident memory with the base and three versions loaded.
+- the server's resident memory with the base and three versions loaded (with `--engine openai`, Hone and
+  the llama.cpp server it runs, together).
 Prints one JSON object; `targets` holds issue 7's verdicts. Run it on a quiet machine.
 """
 
@@ -138,8 +139,16 @@ def wait_for_merged(url: str, version: str, timeout: float = 120) -> bool:
 
 
 def rss_mib(pid: int) -> dict:
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return {k: round(int(fields[k].split()[0]) / 1024, 1) for k in ("VmRSS", "VmHWM")}
+    """The process's resident and peak memory, with its children's (an external backend Hone runs) added."""
+    import psutil
+
+    total = {"VmRSS": 0.0, "VmHWM": 0.0}
+    for process in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        status = Path(f"/proc/{process.pid}/status").read_text().splitlines()
+        fields = dict(line.split(":", 1) for line in status if ":" in line)
+        for k in total:
+            total[k] += int(fields[k].split()[0]) / 1024
+    return {k: round(v, 1) for k, v in total.items()}
 
 
 def reference_transformers(model_dir: Path, adapter: Path, max_tokens: int) -> dict:
@@ -208,6 +217,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--engine", default="auto", help="ASSISTANT_ENGINE: auto, llama.cpp, transformers, openai")
     args = parser.parse_args()
 
     model_dir = prepare_bundled(Settings(home=REPO / ".hone"), log=lambda *_: None)
@@ -217,7 +227,7 @@ def main() -> None:
         register_versions(work / "feedback.db", adapters)
 
         started = time.perf_counter()
-        server = start_server(work, str(model_dir))
+        server = start_server(work, str(model_dir), ASSISTANT_ENGINE=args.engine)
         try:
             key = server.add_user("bench", "staff")["api_key"]
             first = stream_once(server.url, key, 16)

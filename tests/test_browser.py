@@ -271,3 +271,24 @@ def test_a_reviewer_votes_blind_and_only_then_sees_which_version_answered(browse
     assert f"A was {row['version_a']}" in result and f"B was {row['version_b']}" in result
     page.wait_for_selector("#compare-votes :text('Votes: 1 (1 of them')", timeout=30_000)  # the leaderboard refreshed
     shot(page, "compare-revealed")
+
+
+def test_the_admin_dashboard_draws_its_plots(browser, bundled_server):
+    from assistant.feedback import FeedbackService
+    from assistant.store import comparisons
+    from tests.conftest import answered, user
+
+    db = bundled_server_db(bundled_server)
+    staff = user(db, "browser-dash-staff", "staff")
+    FeedbackService(db, 8000).submit(staff, answered(db, staff, "Dashboard?", "Plots."), thumb="up", rating=4)
+    with db.write() as w:  # a version to rank against, never served (archived)
+        w["versions"].insert({"id": "browser-dash", "status": "archived", "created_at": "2024-01-01T00:00:00"})
+    shown = comparisons.create(db, user_id=staff.id, prompt="Which?", source="typed", source_message=None,
+                               version_a="base", version_b="browser-dash", temperature=0.0)  # fmt: skip
+    comparisons.record_vote(db, shown["id"], "a", staff.id)
+    page = sign_in(browser, bundled_server, make_user(bundled_server, "browser-dash-admin", "admin"))
+    page.get_by_role("tab", name="Admin").click()
+    page.wait_for_selector("#admin-dashboard-summary :text('Blind votes: 1')", timeout=60_000)
+    for plot in ("volume", "thumbs-up", "rating", "leaderboard"):  # Vega draws its marks in a canvas or an svg
+        page.wait_for_selector(f"#admin-dashboard-{plot} .marks", state="visible", timeout=60_000)
+    shot(page, "admin-dashboard")

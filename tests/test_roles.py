@@ -65,6 +65,7 @@ ROUTE_ROLES: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/admin/backups"): "admin",
     ("GET", "/v1/admin/backups"): "admin",
     ("GET", "/v1/admin/webhooks"): "admin",
+    ("GET", "/v1/admin/dashboard"): "admin",
     # review
     ("GET", "/v1/review/queue"): "reviewer",
     ("POST", "/v1/review/next"): "reviewer",
@@ -87,6 +88,7 @@ ROUTE_ROLES: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/versions/{version_id}"): "admin",
     ("POST", "/v1/versions/rollback"): "admin",
     ("POST", "/v1/versions/{version_id}/promote"): "admin",
+    ("POST", "/v1/versions/{version_id}/deploy"): "admin",
     ("PUT", "/v1/ab"): "admin",
     ("GET", "/v1/ab"): "admin",
     # blind comparison
@@ -132,6 +134,7 @@ REQUESTS: dict[tuple[str, str], dict] = {
     ("POST", "/v1/training/runs"): {"json": {"config": {"not_a_setting": 1}}, "expect": 400},
     ("POST", "/v1/versions/rollback"): {"json": {"reason": "roles test"}},
     ("POST", "/v1/versions/{version_id}/promote"): {"json": {"reason": "roles test"}},
+    ("POST", "/v1/versions/{version_id}/deploy"): {"expect": 200},
     ("PUT", "/v1/ab"): {"json": {"split": 0}},
     ("POST", "/v1/compare"): {"json": {"prompt": "Hello?"}},
     ("POST", "/v1/compare/{comparison_id}/vote"): {"json": {"vote": "a"}},
@@ -166,6 +169,7 @@ GRADIO_ROLES: dict[str, str] = {
     "rollback": "admin",
     "admin_overview": "admin",
     "ab_overview": "admin",
+    "admin_dashboard": "admin",
     "import_qa": "admin",
     "backup": "admin",
     "export_version": "admin",
@@ -181,6 +185,7 @@ GRADIO_ROLES: dict[str, str] = {
     "private:thumb_from_chat": "staff",
     "private:replot": "admin",
     "private:refresh_training": "admin",
+    "private:refresh_dashboard": "admin",
     "private:show_dispute": "admin",
 }
 
@@ -208,12 +213,13 @@ GRADIO_CALLS: dict[str, dict] = {
     "vote_tie": {"args": ()},
     "vote_both_bad": {"args": ()},
     "set_ab": {"args": (None, 0, "thumbs_up_rate")},
-    "retrain": {"args": ("not_a_setting: 1",)},
+    "retrain": {"args": ("not_a_setting: 1", "local")},
     "cancel_training": {"args": ()},
     "promote": {"args": ("base", "roles test", False)},
     "rollback": {"args": ("", "roles test", False)},
     "admin_overview": {"args": (), "ok": True},
     "ab_overview": {"args": ("thumbs_up_rate",), "ok": True},
+    "admin_dashboard": {"args": (), "ok": True},
     "import_qa": {"args": ("{qa_file}",), "ok": True},
     "backup": {"args": (), "ok": True},
     "export_version": {"args": ("base", "adapter")},  # refused for admins too: the base has no adapter
@@ -233,6 +239,7 @@ GRADIO_CALLS: dict[str, dict] = {
     },
     "private:replot": {"data": ["thumbs_up_rate"], "ok": True},
     "private:refresh_training": {"data": [], "ok": True},
+    "private:refresh_dashboard": {"data": [], "ok": True},
     "private:show_dispute": {"data": [None], "ok": True},
 }
 

@@ -1,6 +1,7 @@
 """Hone's training command line.
 
 python -m training run [--wait] [--json] [--set KEY=VALUE ...] [--config FILE.yaml] [--as ADMIN]
+                      [--runner local|accelerate|ray]
 python -m training runs [--json]            recent training runs
 python -m training cancel JOB_ID
 python -m training list [--json]            versions and their lineage
@@ -10,6 +11,7 @@ python -m training promote VERSION [--reason TEXT] [--override]
 python -m training rollback [--reason TEXT]
 python -m training export VERSION --format adapter|merged|gguf --out DIR
 python -m training export-data --out DIR    SFT/DPO/KTO as JSONL and Parquet, with a dataset card
+python -m training accelerate-config --kind ddp|zero2|zero3|fsdp --gpus N [--machines M --main-ip HOST] --out FILE
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from assistant import auth
 from assistant.config import get_settings
 from assistant.errors import HoneError, InvalidRequest, NotFound
 from assistant.store import Database, versions
-from training import gate, jobs, registry
+from training import accelerate_config, gate, jobs, registry
 from training.config import parse_overrides
 from training.export import FORMATS, export_datasets, export_version
 
@@ -37,6 +39,7 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     run.add_argument("--config", help="a YAML file of config values")
     run.add_argument("--as", dest="admin", help="the admin recorded as starting it (default: the first admin)")
+    run.add_argument("--runner", help="local, accelerate or ray (default: ASSISTANT_TRAINING_RUNNER)")
     runs = commands.add_parser("runs", help="recent training runs")
     runs.add_argument("--json", action="store_true")
     cancel = commands.add_parser("cancel", help="cancel a training run")
@@ -63,6 +66,14 @@ def make_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, type=Path, help="a new or empty folder")
     export_data = commands.add_parser("export-data", help="the training data as JSONL and Parquet")
     export_data.add_argument("--out", required=True, type=Path, help="a new or empty folder")
+    launch = commands.add_parser("accelerate-config", help="an accelerate config for several GPUs, from TRL's")
+    launch.add_argument("--kind", required=True, choices=list(accelerate_config.KINDS))
+    launch.add_argument("--gpus", required=True, type=int, help="GPUs (processes) on each machine")
+    launch.add_argument("--machines", type=int, default=1)
+    launch.add_argument("--main-ip", help="with several machines: the address of machine 0")
+    launch.add_argument("--main-port", type=int, default=29500)
+    launch.add_argument("--mixed-precision", default="bf16", choices=accelerate_config.MIXED_PRECISION)
+    launch.add_argument("--out", required=True, type=Path, help="the YAML file to write")
     worker = commands.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("job_id", type=int)
     return parser
@@ -105,17 +116,39 @@ def run_eval(database: Database, settings, args: argparse.Namespace) -> str:
     )
 
 
+def write_accelerate_config(args: argparse.Namespace) -> int:
+    try:
+        config = accelerate_config.build(
+            args.kind, args.gpus, args.machines, args.main_ip, args.main_port, args.mixed_precision
+        )
+        out = accelerate_config.write(config, args.out)
+    except HoneError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    print(f"{out}: {config['distributed_type']}, {config['num_processes']} processes on {args.machines} machine(s)")
+    print(f"Use it: ASSISTANT_ACCELERATE_CONFIG={out} (runner 'accelerate'); see docs/distributed-training.md")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     settings = get_settings()
     if args.command == "worker":
         return jobs.run_worker(settings, args.job_id)
+    if args.command == "accelerate-config":
+        return write_accelerate_config(args)
     database = Database.for_settings(settings)
     try:
         if args.command == "run":
             admin = auth.acting_admin(database, args.admin)
             job = jobs.start(
-                database, settings, admin.name, parse_overrides(args.set), args.config, wait_in_thread=args.wait
+                database,
+                settings,
+                admin.name,
+                parse_overrides(args.set),
+                args.config,
+                wait_in_thread=args.wait,
+                runner=args.runner,
             )
             if args.wait:
                 job = jobs.wait(database, settings, job["id"])

@@ -1,7 +1,8 @@
-"""Training runs as jobs: one subprocess per run, so chat keeps serving and a crash cannot take it down.
+"""Training runs as jobs: one worker per run, outside the server, so chat keeps serving and a crash cannot take
+it down. The worker runs here, under `accelerate launch`, or on a Ray cluster (training.runners).
 
-The jobs table is the truth: a worker that dies (crash, kill -9) is noticed by `reap` and its job marked
-failed; its staging folder is removed, so no half-registered version is ever left behind.
+The jobs table is the truth: a worker that dies (crash, kill -9, a Ray job that ended) is noticed by `reap` and
+its job marked failed; its staging folder is removed, so no half-registered version is ever left behind.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -23,7 +23,7 @@ from assistant.errors import Conflict, InvalidRequest, NotFound
 from assistant.model_files import ModelFileError, resolve_base_model
 from assistant.store import Database, audit, versions
 from assistant.store.db import utcnow
-from training import examples
+from training import examples, runners
 from training.config import TrainConfig, load_config
 
 ACTIVE = ("queued", "running")
@@ -68,14 +68,27 @@ def _alive(pid: int | None) -> bool:
 
 
 def reap(database: Database, settings: Settings) -> int:
-    """Mark runs whose worker is gone as failed and clear their staging folders."""
+    """Mark runs whose worker is gone as failed and clear their staging folders. A Ray run is judged by the
+    cluster's word on its job, not by a local process."""
     dead = 0
     for job in database.query("select * from jobs where status in ('queued', 'running')"):
-        if _alive(job["pid"]):
-            continue
-        if job["status"] == "queued" and job["pid"] is None and age_s(job["created_at"]) < 60:
+        handle = job["remote_id"] if job["runner"] == "ray" else job["pid"]
+        if job["status"] == "queued" and handle is None and age_s(job["created_at"]) < 60:
             continue  # still being launched
-        _finish(database, job["id"], "failed", error="The training worker stopped without finishing (crash or kill).")
+        if job["runner"] == "ray":
+            ray = runners.ray_status(settings, handle) if handle else ("MISSING", "it was never submitted")
+            ended = ray and runners.ray_outcome(*ray, handle)
+            if not ended:
+                continue  # still going, or Ray cannot be asked now
+            status, error = ended
+        elif _alive(job["pid"]):
+            continue
+        else:
+            status, error = "failed", "The training worker stopped without finishing (crash or kill)."
+        with database.write():  # the worker may have finished the run since the query above
+            if get(database, job["id"])["status"] not in ACTIVE:
+                continue
+            _finish(database, job["id"], status, error=error)
         shutil.rmtree(staging_dir(settings, job["id"]), ignore_errors=True)
         dead += 1
     return dead
@@ -114,9 +127,12 @@ def start(
     yaml_file: str | None = None,
     wait_in_thread: bool = True,
     reason: str | None = None,
+    runner: str | None = None,
 ) -> dict:
-    """Check everything that can be checked cheaply, then launch the worker. Refusals spend no compute."""
+    """Check everything that can be checked cheaply, then launch the worker with `runner` (local, accelerate,
+    ray; default ASSISTANT_TRAINING_RUNNER). Refusals spend no compute."""
     config = load_config(overrides, yaml_file)
+    runner = runners.resolve(settings, runner)
     reap(database, settings)
     check_base_model(settings)
     try:
@@ -153,13 +169,24 @@ def start(
                     "created_at": utcnow(),
                     "config": config.model_dump_json(),
                     "progress": json.dumps({"phase": "queued"}),
+                    "runner": runner,
                 }
             )
             .last_pk
         )
-        audit.record(database, actor, "training.start", f"job:{job_id}", overrides=overrides or {}, reason=reason)
+        audit.record(
+            database,
+            actor,
+            "training.start",
+            f"job:{job_id}",
+            overrides=overrides or {},
+            reason=reason,
+            runner=runner,
+        )
         if not config.pii_gate:
             audit.record(database, actor, "training.pii_override", f"job:{job_id}", reason=config.pii_override_reason)
+    if runner == "ray":
+        return _submit_to_ray(database, settings, job_id)
     log = settings.home / "jobs" / f"{job_id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "ASSISTANT_DB": str(settings.db), "ASSISTANT_HOME": str(settings.home)}
@@ -170,7 +197,7 @@ def start(
         env["ASSISTANT_WEBHOOK_URL"] = settings.webhook_url
         env["ASSISTANT_WEBHOOK_SECRET"] = settings.webhook_secret or ""
     process = subprocess.Popen(
-        [sys.executable, "-m", "training", "worker", str(job_id)],
+        runners.command(settings, runner, job_id),
         cwd=REPO_ROOT,
         env=env,
         stdout=log.open("w"),
@@ -181,6 +208,17 @@ def start(
         db["jobs"].update(job_id, {"pid": process.pid})
     if wait_in_thread:  # collect the exit status so a finished worker does not linger as a zombie
         threading.Thread(target=process.wait, daemon=True).start()
+    return get(database, job_id)
+
+
+def _submit_to_ray(database: Database, settings: Settings, job_id: int) -> dict:
+    try:
+        submission_id = runners.ray_submit(settings, job_id)
+    except runners.RunnerUnavailable as exc:
+        _finish(database, job_id, "failed", error=exc.message)
+        raise
+    with database.write() as db:
+        db["jobs"].update(job_id, {"remote_id": submission_id})
     return get(database, job_id)
 
 
@@ -200,9 +238,14 @@ def cancel(database: Database, settings: Settings, job_id: int, actor: str) -> d
     with database.write():
         _finish(database, job_id, "cancelled", error=f"cancelled by {actor}")
         audit.record(database, actor, "training.cancel", f"job:{job_id}")
-    if job["pid"]:
-        try:
-            os.killpg(job["pid"], signal.SIGTERM)
+    if job["runner"] == "ray":
+        if job["remote_id"]:
+            runners.ray_stop(settings, job["remote_id"])
+    elif job["pid"]:
+        try:  # the worker's process group: its own, or a single-process launcher's (torchrun stops other ranks)
+            group = os.getpgid(job["pid"])
+            if group != os.getpgid(0):
+                os.killpg(group, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
             pass
     shutil.rmtree(staging_dir(settings, job_id), ignore_errors=True)
@@ -234,32 +277,29 @@ class ProgressWriter:
 
 
 def run_worker(settings: Settings, job_id: int) -> int:
-    """The body of `python -m training worker JOB_ID`: build, train, register; any failure marks the job failed."""
-    from training import datasets, gate, registry
+    """The body of `python -m training worker JOB_ID`, alone or as each process of `accelerate launch`.
+
+    Every process trains; only the main one (rank 0) touches the database: it claims the run, builds the data
+    and hands it to the others (so all train on the same rows), then registers and evaluates. Any failure
+    marks the job failed."""
+    import torch
+    from accelerate import PartialState
+
+    from training import gate, registry
     from training.evaluate import evaluate_candidate, write_jsonl
     from training.train import train
 
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if not state.is_main_process:
+        return _train_alongside(state, train, staging_dir(settings, job_id) / "adapter")
     database = Database.for_settings(settings)
-    job = get(database, job_id)
-    if job["status"] != "queued":
+    job = _share(state, lambda: _claim(database, job_id))
+    if job is None:
         return 1
-    with database.write() as db:
-        db["jobs"].update(job_id, {"status": "running", "started_at": utcnow(), "pid": os.getpid()})
     staging = staging_dir(settings, job_id)
     progress = ProgressWriter(database, job_id)
     try:
-        config = TrainConfig(**job["config"])
-        progress.phase("building dataset")
-        pii_gate = None
-        if config.pii_gate:
-            from training.pii import PiiGate
-
-            names = [u["name"] for u in database.query("select name from users")]
-            pii_gate = PiiGate(names=names, patterns=settings.pii_patterns)
-        build = datasets.build(database, config, system_prompt=settings.system_prompt, gate=pii_gate)
-        if build.domain_rows < config.min_rows:
-            raise InvalidRequest(f"Only {build.domain_rows} training rows after the split; need {config.min_rows}.")
-        base_model = resolve_base_model(settings, log=lambda *_: None)
+        config, base_model, build = _share(state, lambda: _prepare(database, settings, job, progress))
         shutil.rmtree(staging, ignore_errors=True)
         report = train(base_model, build, config, staging / "adapter", progress)
         write_jsonl(staging / "validation.jsonl", build.sft_validation)  # the domain set evaluation uses
@@ -304,3 +344,73 @@ def run_worker(settings: Settings, job_id: int) -> int:
         if get(database, job_id)["status"] == "running":
             _finish(database, job_id, "failed", error=f"{type(exc).__name__}: {exc}")
         return 1
+
+
+def _claim(database: Database, job_id: int) -> dict | None:
+    """Mark a queued run running; None when it is not queued (cancelled, or taken already)."""
+    job = get(database, job_id)
+    if job["status"] != "queued":
+        return None
+    update = {"status": "running", "started_at": utcnow()}
+    if job["runner"] != "ray":  # a Ray worker's pid means nothing on the server's machine
+        update["pid"] = os.getpid()
+    with database.write() as db:
+        db["jobs"].update(job_id, update)
+    return job
+
+
+def _prepare(database: Database, settings: Settings, job: dict, progress: ProgressWriter):
+    """The run's config, base model folder and data, built on the main process."""
+    from training import datasets
+
+    config = TrainConfig(**job["config"])
+    progress.phase("building dataset")
+    pii_gate = None
+    if config.pii_gate:
+        from training.pii import PiiGate
+
+        names = [u["name"] for u in database.query("select name from users")]
+        pii_gate = PiiGate(names=names, patterns=settings.pii_patterns)
+    build = datasets.build(database, config, system_prompt=settings.system_prompt, gate=pii_gate)
+    if build.domain_rows < config.min_rows:
+        raise InvalidRequest(f"Only {build.domain_rows} training rows after the split; need {config.min_rows}.")
+    return config, resolve_base_model(settings, log=lambda *_: None), build
+
+
+def _share(state, make=None):
+    """`make()` on the main process, its result handed to every process (alone: just `make()`). A failure there
+    is raised on the main process and stops the others."""
+    if state.num_processes == 1:
+        return make()
+    from accelerate.utils import broadcast_object_list
+
+    box, failure = [None], None
+    if state.is_main_process:
+        try:
+            box[0] = ("ok", make())
+        except BaseException as exc:  # noqa: BLE001 - the others must hear of it, or they wait forever
+            failure, box[0] = exc, ("failed", f"{type(exc).__name__}: {exc}")
+    broadcast_object_list(box, from_process=0)
+    if failure is not None:
+        raise failure
+    if box[0][0] == "failed":
+        raise WorkerStopped(box[0][1])
+    return box[0][1]
+
+
+class WorkerStopped(RuntimeError):
+    """The main process gave up (it marked the run); the other processes just end."""
+
+
+def _train_alongside(state, train, adapter_dir: Path) -> int:
+    """A process other than the main one: the same training on the main process's rows. Saving a sharded
+    adapter needs every process; writing it, registering and evaluating are the main process's."""
+    try:
+        job = _share(state)
+        if job is None:
+            return 1
+        config, base_model, build = _share(state)
+    except WorkerStopped:
+        return 1
+    train(base_model, build, config, adapter_dir, lambda *_: None)
+    return 0

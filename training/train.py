@@ -3,11 +3,15 @@
 CPU-friendly defaults (measured in bench/train.py and docs/experiments.md): bf16 autocast with fp32 weights,
 SFT batches of similar length, no activation recomputation, no checkpoints written mid-run, one adapter saved
 at the end.
+
+Under `accelerate launch` (DDP, DeepSpeed, FSDP) every process runs this; the trainers take the launcher's
+settings from the environment, each process trains on its share of every batch, and the main one saves.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,12 +49,17 @@ class _Report(TrainerCallback):
             self.progress(self.phase, state.global_step, state.max_steps, float(loss))
 
 
+def per_process_batch(batch_size: int) -> int:
+    """`batch_size` is examples per optimiser step however many processes train: each takes its share."""
+    return max(1, math.ceil(batch_size / int(os.environ.get("WORLD_SIZE", "1"))))
+
+
 def _common_args(config: TrainConfig, out: str, epochs: float, learning_rate: float) -> dict:
     return {
         "output_dir": out,
         "num_train_epochs": epochs,
         "max_steps": config.max_steps,
-        "per_device_train_batch_size": config.batch_size,
+        "per_device_train_batch_size": per_process_batch(config.batch_size),
         "learning_rate": learning_rate,
         "lr_scheduler_type": "cosine",
         "warmup_steps": 0.05,  # a ratio of all steps
@@ -64,6 +73,7 @@ def _common_args(config: TrainConfig, out: str, epochs: float, learning_rate: fl
         "gradient_checkpointing": config.gradient_checkpointing,
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
+        "ddp_find_unused_parameters": False,  # every LoRA weight gets a gradient; the search only costs time
     }
 
 
@@ -85,10 +95,14 @@ def train(base_model: str, build: Build, config: TrainConfig, adapter_dir: Path,
     phases: list[dict] = []
     with tempfile.TemporaryDirectory() as scratch:
         recipe = _kto if build.mode == "kto" else _sft_then_dpo
-        model = recipe(model, tokenizer, lora, build, config, scratch, progress, phases)
-    adapter_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(adapter_dir)
-    return {"phases": phases}
+        trainer = recipe(model, tokenizer, lora, build, config, scratch, progress, phases)
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        trainer.save_model(str(adapter_dir))  # gathers the sharded adapter (every process); the main one writes
+    elif trainer.accelerator.is_main_process:
+        adapter_dir.mkdir(parents=True, exist_ok=True)
+        trainer.model.save_pretrained(adapter_dir)
+    accelerator = trainer.accelerator  # how it ran: one process ("NO"), or DDP, DeepSpeed, FSDP over several
+    return {"phases": phases, "processes": accelerator.num_processes, "distributed": accelerator.distributed_type.value}
 
 
 def _sft_then_dpo(model, tokenizer, lora, build: Build, config: TrainConfig, scratch: str, progress, phases):
@@ -118,7 +132,7 @@ def _sft_then_dpo(model, tokenizer, lora, build: Build, config: TrainConfig, scr
     )
     phases.append({**_phase(report, sft.train(), len(sft_rows)), "prompts_over_max_length": unlearnable})
     if not build.dpo_train or config.dpo_epochs == 0:
-        return sft.model
+        return sft
     report = _Report("dpo", progress)
     dpo = DPOTrainer(
         model=sft.model,
@@ -132,7 +146,7 @@ def _sft_then_dpo(model, tokenizer, lora, build: Build, config: TrainConfig, scr
         callbacks=[report],
     )
     phases.append(_phase(report, dpo.train(), len(build.dpo_train)))
-    return dpo.model
+    return dpo
 
 
 def _kto(model, tokenizer, lora, build: Build, config: TrainConfig, scratch: str, progress, phases):
@@ -141,7 +155,7 @@ def _kto(model, tokenizer, lora, build: Build, config: TrainConfig, scratch: str
 
     rows = build.kto_train + [{**r, "label": True} for r in build.replay]
     args = _common_args(config, scratch, config.sft_epochs, config.dpo_learning_rate)
-    args["per_device_train_batch_size"] = max(2, config.batch_size)  # KTO's KL estimate needs a batch of 2+
+    args["per_device_train_batch_size"] = max(2, args["per_device_train_batch_size"])  # KTO's KL needs 2+
     report = _Report("kto", progress)
     kto = KTOTrainer(
         model=model,
@@ -152,7 +166,7 @@ def _kto(model, tokenizer, lora, build: Build, config: TrainConfig, scratch: str
         callbacks=[report],
     )
     phases.append(_phase(report, kto.train(), len(rows)))
-    return kto.model
+    return kto
 
 
 def prompts_over_limit(tokenizer, rows: list[dict], max_length: int) -> int:

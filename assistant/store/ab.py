@@ -42,22 +42,27 @@ def last_test(database: Database) -> dict | None:
     }
 
 
-def answers(database: Database, first_id: int, last_id: int) -> list[dict]:
-    """Finished answers in the conversations a test assigned, oldest first."""
+def _in_scope(first_id: int | None) -> str:
+    """Which chat conversations count: those a test's settings (ids first..last) assigned, or every one."""
+    return "1" if first_id is None else "c.ab_test between :first and :last"
+
+
+def answers(database: Database, first_id: int | None = None, last_id: int | None = None) -> list[dict]:
+    """Finished answers in the conversations a test assigned (every chat answer without ids), oldest first."""
     return database.query(
-        """select m.id, m.version, m.latency_ms, m.created_at from messages m
+        f"""select m.id, m.version, m.latency_ms, m.created_at from messages m
            join conversations c on c.id = m.conversation_id
-           where c.source = 'chat' and c.ab_test between ? and ?
+           where c.source = 'chat' and {_in_scope(first_id)}
              and m.role = 'assistant' and m.status in ('complete', 'stopped')
            order by m.id""",
-        [first_id, last_id],
+        {"first": first_id, "last": last_id},
     )
 
 
-def judgements(database: Database, first_id: int, last_id: int) -> list[dict]:
+def judgements(database: Database, first_id: int | None = None, last_id: int | None = None) -> list[dict]:
     """Each person's latest thumb and latest rating of each of those answers, and whether it was corrected."""
-    scope = """select m.id from messages m join conversations c on c.id = m.conversation_id
-               where c.source = 'chat' and c.ab_test between :first and :last and m.role = 'assistant'"""
+    scope = f"""select m.id from messages m join conversations c on c.id = m.conversation_id
+               where c.source = 'chat' and {_in_scope(first_id)} and m.role = 'assistant'"""
     return database.query(
         f"""select f.message_id, 'thumb' as kind, f.thumb as value from feedback f
               where f.message_id in ({scope}) and f.thumb is not null and f.id = (

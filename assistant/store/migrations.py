@@ -364,3 +364,11 @@ def m007_webhook_outbox(db: sqlite_utils.Database) -> None:
         not_null={"event", "payload", "created_at", "attempts"},
     )
     db["outbox"].create_index(["next_attempt_at"])
+
+
+@migrations()
+def m008_training_runner(db: sqlite_utils.Database) -> None:
+    # Where a run's worker ran: local | accelerate | ray (null on older rows: local), and for Ray the
+    # submission id Hone gave the cluster, which reap asks about and cancel stops.
+    db["jobs"].add_column("runner", str)
+    db["jobs"].add_column("remote_id", str)

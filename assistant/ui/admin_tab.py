@@ -1,5 +1,5 @@
-"""The Admin tab: training data and exports, Q&A import, retraining and versions, reviewer agreement and
-adjudication, users (and erasure), audit."""
+"""The Admin tab: a dashboard of plots, training data and exports, Q&A import, retraining and versions,
+reviewer agreement and adjudication, users (and erasure), audit."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from assistant.services import Hone
 from assistant.store import audit, users, versions
 from assistant.ui.ab_section import build_ab_accordion
 from assistant.ui.common import guard, ui_error
+from assistant.ui.dashboard_section import build_dashboard_accordion
 from assistant.ui.render import counts_line, review_item, run_status
 from assistant.ui.review_tab import VERDICT_LABELS
-from training import examples, jobs, registry, schedule
+from training import examples, jobs, registry, runners, schedule
 from training.config import defaults_table, parse_yaml
 from training.export import FORMATS, export_datasets, export_version
 from training.gate import explain
@@ -34,6 +35,7 @@ VERSION_COLUMNS = ["id", "status", "parent", "created_by", "created_at", "snapsh
 
 def build_admin_tab(hone: Hone) -> gr.Tab:
     with gr.Tab("Admin", id="admin", visible=False) as tab:
+        dashboard_refresh, dashboard_outputs = build_dashboard_accordion(hone)
         with gr.Accordion("Training data", open=True):
             counts = gr.Markdown(elem_id="admin-counts")
             gr.HTML(f"Download (TRL formats): {EXPORT_LINKS}")
@@ -45,6 +47,14 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
             with gr.Row():
                 retrain = gr.Button("Retrain now", variant="primary", elem_id="admin-retrain")
                 cancel_run = gr.Button("Cancel run", elem_id="admin-cancel")
+            runner_choices = runners.choices(hone.settings)
+            runner_pick = gr.Radio(
+                [(label, name) for name, label in runner_choices.items()],
+                value=hone.settings.training_runner,
+                label="Train on",
+                visible=len(runner_choices) > 1,  # only this machine: nothing to choose
+                elem_id="admin-runner",
+            )
             overrides = gr.Code(
                 label="Training config for this run (YAML, `key: value` per line; empty: the defaults)",
                 language="yaml",
@@ -306,10 +316,11 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
         guard(hone, request, "admin")
         return training_view()
 
-    def start_run(text: str, request: gr.Request):
+    def start_run(text: str, runner: str | None, request: gr.Request):
         admin = guard(hone, request, "admin")
         try:
-            jobs.start(hone.database, hone.settings, admin.name, parse_yaml(text or "", "The training config"))
+            overrides = parse_yaml(text or "", "The training config")
+            jobs.start(hone.database, hone.settings, admin.name, overrides, runner=runner)
         except HoneError as exc:
             raise ui_error(exc) from exc
         return training_view()
@@ -344,7 +355,7 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
         return run
 
     training_outputs = [status_view, schedule_status, loss_plot, versions_table, gate_view]
-    retrain.click(start_run, [overrides], training_outputs, api_name="retrain")
+    retrain.click(start_run, [overrides, runner_pick], training_outputs, api_name="retrain")
     cancel_run.click(cancel_latest, None, training_outputs, api_name="cancel_training")
     poll.tick(refresh_training, None, training_outputs, api_name=False, show_progress="hidden")
     promote.click(
@@ -363,6 +374,7 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
     overview_outputs = [counts, user_table, audit_table, *training_outputs, poll]
     tab.select(overview, None, overview_outputs, api_name="admin_overview")
     tab.select(ab_refresh, ab_inputs, ab_outputs, api_name="ab_overview")
+    tab.select(dashboard_refresh, None, dashboard_outputs, api_name="admin_dashboard")
     import_button.click(do_import, [qa_file], [import_report, counts], api_name="import_qa")
     export_button.click(do_export, [version_pick, export_format], [export_file], api_name="export_version")
     export_data_button.click(do_export_data, None, [export_file], api_name="export_data")

@@ -56,6 +56,8 @@ def run_status(job: dict | None) -> str:
         return "<p>No training run yet.</p>"
     p = job["progress"]
     parts = [f"<b>Run {job['id']}: {html.escape(job['status'])}</b>", html.escape(p.get("phase", ""))]
+    if job.get("runner") not in (None, "local"):
+        parts.append(f"on {html.escape(job['runner'])}")
     bar = ""
     if p.get("total"):
         parts.append(f"step {p['step']}/{p['total']} · loss {p['loss']:.4f} · ETA {p.get('eta_s') or 0:.0f} s")
