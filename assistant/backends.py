@@ -145,7 +145,8 @@ class LlamaCppServer:
             return model
 
         models = [entry(BASE_VERSION, None), *(entry(v, path) for v, path in sorted(self.adapters.items()))]
-        return {"host": self.host, "port": self.port, "models": models}
+        # its default ends a running stream early whenever another request arrives; Hone's answers must finish
+        return {"host": self.host, "port": self.port, "interrupt_requests": False, "models": models}
 
     def start(self) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from operator import itemgetter
 
 import httpx
 import psutil
@@ -97,6 +98,17 @@ def test_the_backend_says_what_the_in_process_engine_says(remote, in_process, ve
         assert len(g.parts) > 5 and g.first_token_ms is not None  # streamed, not sent whole
     assert {in_process["base", p][1] for p in PROMPTS} == {"length", "stop"}
     assert in_process["v1", PROMPTS[0]][0] != in_process["base", PROMPTS[0]][0]  # the adapter is really applied
+
+
+def test_answers_asked_together_are_each_whole_and_unmixed(remote, in_process):
+    # the server runs one answer at a time: the others wait their turn instead of cutting it short
+    jobs = [(PROMPTS[i % 2], "v1" if i % 3 else "base") for i in range(6)]
+    generations = [
+        remote.submit(remote.encode_chat([{"role": "user", "content": p}], 1024), v, GREEDY) for p, v in jobs
+    ]
+    assert all(g.wait(300) for g in generations)
+    for (prompt, version), g in zip(jobs, generations, strict=True):
+        assert (g.full_text, g.finish_reason, g.completion_tokens) == itemgetter(0, 1, 3)(in_process[version, prompt])
 
 
 def test_each_version_is_a_model_entry_of_the_server(remote, adapter_dir):
