@@ -65,6 +65,14 @@ def test_admin_retrains_with_yaml_promotes_and_erases_in_the_ui(server, tmp_path
             admin.predict("v1", "looks good", False, api_name="/promote")
     note, *_ = admin.predict("v1", "looks good", True, api_name="/promote")
     assert "**v1** is now current" in note
+    assert admin.predict("v1", api_name="/deploy_version") == (
+        "**v1** is deployed on the transformers engine, served as `v1`."
+    )
+    assert "v1" in server.hone.engine.adapters
+    with pytest.raises(AppError, match="No version 'v404'"):
+        admin.predict("v404", api_name="/deploy_version")
+    deploys = server.hone.database.query("select actor, target from audit_log where action = 'version.deploy'")
+    assert deploys == [{"actor": "ui-boss", "target": "v1"}]
 
     # staff chats on v1; erasing the staff member's data flags v1 only if it trained on it (it did not)
     clerk = ui_client(server.url, "ui-clerk", "ui-clerk-password")

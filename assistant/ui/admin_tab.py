@@ -89,6 +89,7 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
                 override = gr.Checkbox(label="Override the gate (audited with the reason)", elem_id="admin-override")
                 promote = gr.Button("Promote")
                 rollback = gr.Button("Roll back current")
+                deploy = gr.Button("Deploy to serving", elem_id="admin-deploy")
             version_status = gr.Markdown()
             with gr.Accordion("Export", open=False):
                 with gr.Row():
@@ -354,6 +355,15 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
 
         return run
 
+    def deploy_version(version_id: str, request: gr.Request) -> str:
+        """Put the version on the serving engine now, so its first user does not wait (audited)."""
+        admin = guard(hone, request, "admin")
+        try:
+            done = hone.chat.deploy((version_id or "").strip(), admin.name)
+        except HoneError as exc:
+            raise ui_error(exc) from exc
+        return f"**{done['version']}** is deployed on the {done['engine']} engine, served as `{done['served_as']}`."
+
     training_outputs = [status_view, schedule_status, loss_plot, versions_table, gate_view]
     retrain.click(start_run, [overrides, runner_pick], training_outputs, api_name="retrain")
     cancel_run.click(cancel_latest, None, training_outputs, api_name="cancel_training")
@@ -370,6 +380,7 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
         [version_status, *training_outputs],
         api_name="rollback",
     )
+    deploy.click(deploy_version, [version_pick], [version_status], api_name="deploy_version")
 
     overview_outputs = [counts, user_table, audit_table, *training_outputs, poll]
     tab.select(overview, None, overview_outputs, api_name="admin_overview")
