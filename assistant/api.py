@@ -282,6 +282,11 @@ def build_api(hone: Hone) -> APIRouter:
             raise InvalidRequest("limit must be from 1 to 1000.")
         return {"enabled": bool(hone.settings.webhook_url), "data": webhooks.recent(hone.database, limit)}
 
+    @router.post("/v1/admin/webhooks/{event_id}/retry", tags=["admin"])
+    def retry_webhook(event_id: int, admin: Admin) -> dict:
+        """Queue a failed event again (audited); 409 for an event that is not failed."""
+        return webhooks.retry(hone.database, event_id, admin.name)
+
     @router.get("/v1/admin/dashboard", tags=["admin"])
     def admin_dashboard(admin: Admin, bucket: dashboard.Bucket = "auto") -> dict:
         """The Admin tab's dashboard as data: feedback volume per period and kind, thumbs-up rate and mean

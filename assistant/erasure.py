@@ -2,7 +2,8 @@
 
 What goes: the user's chat conversations (with everyone's feedback, corrections and reviews on them),
 their blind comparisons (prompt, both answers, vote) and anyone's comparisons whose prompt was drawn
-from their chats, and the feedback, corrections, reviews, claims and skips the user gave anywhere else.
+from their chats, the feedback, corrections, reviews, claims and skips the user gave anywhere else, and the
+webhook outbox's feedback events that name them or their messages (sent or not).
 Training builds read the database, so erased rows are gone from every future build. Versions already
 trained on any of it are flagged (they can no longer be promoted) and the erasure itself is recorded,
 without content.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 
+from assistant import webhooks
 from assistant.auth import User
 from assistant.errors import InvalidRequest, NotFound
 from assistant.store import Database, audit, comparisons, users
@@ -88,6 +90,9 @@ def erase_user(database: Database, admin: User, name: str, reason: str) -> dict:
         delete("comparisons", f"conversation_id in ({_marks(conversation_ids)})", conversation_ids)
         delete("messages", f"id in ({_marks(owned)})", owned)
         delete("conversations", f"id in ({_marks(conversation_ids)})", conversation_ids)
+        events = webhooks.forget(db, name, touched)
+        if events:
+            deleted["outbox"] = events
         # The lineage rows go too: a message id may be reused by SQLite once the row is gone.
         db.execute(f"delete from version_rows where message_id in ({_marks(touched)})", touched)
         erasure_id = (

@@ -30,7 +30,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 
 from assistant.config import Settings
+from assistant.errors import Conflict, NotFound
 from assistant.periodic import Periodic
+from assistant.store import audit
 from assistant.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -162,6 +164,30 @@ def deliver_due(database: Database, settings: Settings, client: httpx.Client, no
     finally:
         _delivering.release()
     return counts
+
+
+def retry(database: Database, event_id: int, actor: str) -> dict:
+    """Send a failed event again: it goes back in the queue, in its place by id, with a fresh count of tries."""
+    with database.write() as db:
+        row = database.one("select * from outbox where id = ?", [event_id])
+        if row is None:
+            raise NotFound(f"No webhook event {event_id}.")
+        if status_of(row) != "failed":
+            raise Conflict(f"Webhook event {event_id} is {status_of(row)}; only failed events are retried.")
+        db["outbox"].update(event_id, {"attempts": 0, "next_attempt_at": _iso(datetime.now(UTC))})
+        audit.record(database, actor, "webhook.retry", f"outbox:{event_id}", last_error=row["last_error"])
+    return {**database.one("select * from outbox where id = ?", [event_id]), "status": "pending"}
+
+
+def forget(db, user_name: str, message_ids: list[int]) -> int:
+    """Erasure: drop the feedback events that name the user or concern their messages, sent or not (Hone keeps
+    no copy; what a receiver already holds is theirs to erase). Runs in the erasure's transaction."""
+    marks = ",".join("?" * len(message_ids)) or "null"
+    return db.execute(
+        f"""delete from outbox where event = 'feedback.created'
+            and (json_extract(payload, '$.user') = ? or json_extract(payload, '$.message_id') in ({marks}))""",
+        [user_name, *message_ids],
+    ).rowcount
 
 
 def status_of(row: dict) -> str:

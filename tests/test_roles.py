@@ -65,6 +65,7 @@ ROUTE_ROLES: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/admin/backups"): "admin",
     ("GET", "/v1/admin/backups"): "admin",
     ("GET", "/v1/admin/webhooks"): "admin",
+    ("POST", "/v1/admin/webhooks/{event_id}/retry"): "admin",
     ("GET", "/v1/admin/dashboard"): "admin",
     # review
     ("GET", "/v1/review/queue"): "reviewer",
@@ -110,6 +111,7 @@ PATH_VALUES = {
     "version_id": "base",
     "kind": "sft",
     "comparison_id": MISSING,
+    "event_id": MISSING,
 }
 REQUESTS: dict[tuple[str, str], dict] = {
     ("POST", "/login"): {"data": {"username": "r-staff", "password": "r-staff-password"}, "expect": 303},

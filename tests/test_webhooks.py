@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from assistant import webhooks
 from assistant.config import Settings
-from assistant.errors import Conflict
+from assistant.errors import Conflict, NotFound
 from assistant.feedback import FeedbackService
 from assistant.store import Database
 from tests.conftest import ThreadServer, answered, free_port, register_adapter, tiny_settings, user
@@ -219,6 +219,19 @@ def test_a_receiver_that_is_down_gets_retries_with_growing_backoff_and_nothing_i
             assert [r["body"]["event"] for r in receiver.accepted()] == ["version.rolled_back"]
     assert [r["status"] for r in webhooks.recent(database)] == ["delivered", "failed"]
 
+    # an admin sends the given-up event again: queued with fresh tries, delivered, audited
+    with pytest.raises(Conflict, match="is delivered"):
+        webhooks.retry(database, 2, "boss")
+    with pytest.raises(NotFound):
+        webhooks.retry(database, 99, "boss")
+    assert webhooks.retry(database, 1, "boss")["status"] == "pending"
+    with Receiver(SECRET, port=port) as receiver, httpx.Client() as client:
+        assert webhooks.deliver_due(database, settings, client)["delivered"] == 1
+        assert [r["body"]["event"] for r in receiver.accepted()] == ["version.promoted"]
+    assert [r["status"] for r in webhooks.recent(database)] == ["delivered", "delivered"]
+    [audited] = database.query("select actor, action, target from audit_log where action = 'webhook.retry'")
+    assert audited == {"actor": "boss", "action": "webhook.retry", "target": "outbox:1"}
+
 
 # ---- what is recorded -------------------------------------------------------------------------------------------
 
@@ -261,6 +274,26 @@ def test_promotion_rollback_training_and_feedback_are_recorded_with_their_change
     assert data[1] == {"version": "base", "previous": "v1", "actor": "boss", "reason": "worse after all"}
     assert data[2] == {"job_id": job_id, "status": "failed", "version": None, "error": "RuntimeError: out of memory"}
     assert (data[3]["thumb"], data[3]["rating"], data[3]["user"]) == ("up", 5, "wendy")
+
+
+def test_erasure_drops_the_users_feedback_events_and_keeps_the_rest(tmp_path):
+    from assistant.erasure import erase_user
+
+    database = Database(hook_settings(tmp_path, "http://127.0.0.1:9/hooks").db, webhooks=True)
+    gone, kept, boss = user(database, "gone", "staff"), user(database, "kept", "staff"), user(database, "b", "admin")
+    reviewer = user(database, "rita", "reviewer")
+    feedback = FeedbackService(database, 8000)
+    feedback.submit(gone, answered(database, gone, "Mine?", "A."), thumb="down")
+    feedback.submit(reviewer, answered(database, gone, "Also mine?", "B."), rating=2)  # another's, on their chat
+    feedback.submit(kept, answered(database, kept, "Yours?", "C."), thumb="up")
+    webhooks.record(database, "version.promoted", {"version": "v1", "previous": "base"})
+
+    result = erase_user(database, boss, "gone", "asked to be forgotten")
+    assert result["deleted"]["outbox"] == 2
+    rows = outbox(database)
+    assert [r["event"] for r in rows] == ["feedback.created", "version.promoted"]
+    assert json.loads(rows[0]["payload"])["user"] == "kept"
+    assert "gone" not in json.dumps(rows)
 
 
 def test_nothing_is_recorded_without_a_webhook(tmp_path):
