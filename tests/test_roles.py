@@ -170,6 +170,8 @@ GRADIO_ROLES: dict[str, str] = {
     "promote": "admin",
     "rollback": "admin",
     "deploy_version": "admin",
+    "webhooks": "admin",
+    "retry_webhook": "admin",
     "admin_overview": "admin",
     "ab_overview": "admin",
     "admin_dashboard": "admin",
@@ -221,6 +223,8 @@ GRADIO_CALLS: dict[str, dict] = {
     "promote": {"args": ("base", "roles test", False)},
     "rollback": {"args": ("", "roles test", False)},
     "deploy_version": {"args": ("base",)},
+    "webhooks": {"args": (), "ok": True},
+    "retry_webhook": {"args": (MISSING,)},  # no such event: refused for admins too, with its own error
     "admin_overview": {"args": (), "ok": True},
     "ab_overview": {"args": ("thumbs_up_rate",), "ok": True},
     "admin_dashboard": {"args": (), "ok": True},

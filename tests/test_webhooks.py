@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from gradio_client.exceptions import AppError
 from pydantic import ValidationError
 
 from assistant import webhooks
@@ -19,7 +20,7 @@ from assistant.config import Settings
 from assistant.errors import Conflict, NotFound
 from assistant.feedback import FeedbackService
 from assistant.store import Database
-from tests.conftest import ThreadServer, answered, free_port, register_adapter, tiny_settings, user
+from tests.conftest import ThreadServer, answered, free_port, register_adapter, tiny_settings, ui_client, user
 
 SECRET = "a-shared-secret-of-some-length"
 
@@ -150,6 +151,16 @@ def test_feedback_through_the_server_arrives_signed_and_verified(tmp_path, tiny_
                     server.url + "/v1/admin/webhooks", headers={"Authorization": f"Bearer {staff['api_key']}"}
                 )
                 assert refused.status_code == 403
+
+                # the same in the Admin tab: where events go, and each one's status
+                ui = ui_client(server.url, "boss", "boss-password")
+                line, table = ui.predict(api_name="/webhooks")
+                assert line == f"Sending events to `{receiver.url}`. Of the newest 1: 0 failed (given up; retry below)."
+                assert [row[:4] for row in table["data"]] == [[row["id"], "feedback.created", "delivered", 1]]
+                with pytest.raises(AppError, match="only failed events are retried"):
+                    ui.predict(row["id"], api_name="/retry_webhook")
+                with pytest.raises(AppError, match="needs the admin role"):
+                    ui_client(server.url, "wendy", "wendy-password").predict(api_name="/webhooks")
         finally:
             app.state.webhooks.stop()
 

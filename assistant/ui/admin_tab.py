@@ -1,5 +1,5 @@
 """The Admin tab: a dashboard of plots, training data and exports, Q&A import, retraining and versions,
-reviewer agreement and adjudication, users (and erasure), audit."""
+reviewer agreement and adjudication, users (and erasure), backups, webhooks, audit."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from assistant.ui.common import guard, ui_error
 from assistant.ui.dashboard_section import build_dashboard_accordion
 from assistant.ui.render import counts_line, review_item, run_status
 from assistant.ui.review_tab import VERDICT_LABELS
+from assistant.ui.webhooks_section import build_webhooks_accordion
 from training import examples, jobs, registry, runners, schedule
 from training.config import defaults_table, parse_yaml
 from training.export import FORMATS, export_datasets, export_version
@@ -129,6 +130,7 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
             backup_now = gr.Button("Back up now", elem_id="admin-backup")
             backup_status = gr.Markdown(elem_id="admin-backup-status")
             backup_table = gr.Dataframe(headers=["name", "created_at", "actor", "db_bytes"], label="Backups")
+        build_webhooks_accordion(hone)
         with gr.Accordion("Audit log", open=False):
             audit_table = gr.Dataframe(headers=["at", "actor", "action", "target", "details"], label="Latest 200")
 
