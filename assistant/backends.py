@@ -153,11 +153,20 @@ class LlamaCppServer:
             self._restart()
 
     def deploy(self, version: str, adapter_dir: Path) -> None:
-        from assistant.gguf_files import adapter_gguf
+        from assistant.gguf_files import GGUFUnavailable, adapter_gguf
 
         with self._lock:
-            self.adapters[version] = adapter_gguf(Path(adapter_dir), self.base_config)
-            self._restart()
+            try:
+                self.adapters[version] = adapter_gguf(Path(adapter_dir), self.base_config)
+            except (GGUFUnavailable, OSError, ValueError, KeyError) as exc:
+                raise BackendError(f"{version}'s adapter could not be converted to GGUF: {exc}") from exc
+            try:
+                self._restart()
+                self._probe(version)
+            except BackendError:
+                self.adapters.pop(version)  # serve what was served before, without the version that broke it
+                self._restart()
+                raise
 
     def undeploy(self, version: str) -> None:
         with self._lock:
@@ -166,6 +175,16 @@ class LlamaCppServer:
 
     def model_name(self, version: str) -> str:
         return served_name(version)
+
+    def _probe(self, version: str) -> None:
+        """One token from the version: the server loads a model entry only when asked, and must prove it can."""
+        body = {"model": served_name(version), "prompt": "Hello", "max_tokens": 1}
+        try:
+            response = httpx.post(f"{self.url}/completions", json=body, timeout=READY_TIMEOUT_S)
+        except httpx.HTTPError as exc:
+            raise BackendError(f"the serving backend could not load {version}: {exc}") from exc
+        if response.status_code != 200:
+            raise BackendError(f"the serving backend could not load {version}: {response.text[:300]}")
 
     def _restart(self) -> None:
         self._stop()

@@ -148,6 +148,27 @@ def test_a_redeploy_waits_for_running_answers_then_serves_the_new_version(remote
     assert set(remote.served_models()) == {"base", "v1"}
 
 
+def test_adapters_that_cannot_be_served_are_refused_and_the_rest_keep_serving(
+    remote, in_process, tiny_model_dir, tmp_path
+):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from assistant.backends import BackendError
+
+    # LoRAs made for another model (the tiny one): one fails to convert, one converts but llama.cpp will not load
+    for name, modules, why in [
+        ("wrong-attention", ["q_proj"], "could not be converted to GGUF"),
+        ("wrong-mlp", ["gate_proj"], "the serving backend could not load wrong-mlp"),
+    ]:
+        lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(target_modules=modules))
+        lora.save_pretrained(tmp_path / name)
+        with pytest.raises(BackendError, match=why):
+            remote.load_adapter(name, tmp_path / name)
+        assert set(remote.served_models()) == {"base", "v1"}
+    assert answer(remote, PROMPTS[0], "v1").full_text == in_process["v1", PROMPTS[0]][0]
+
+
 def test_a_dead_backend_gives_errors_not_hangs_and_a_restart_heals_it(remote, in_process):
     remote.backend.process.kill()
     remote.backend.process.wait()
