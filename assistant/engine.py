@@ -205,6 +205,27 @@ class BaseEngine:
     def pending(self) -> int:
         return self._queue.qsize()
 
+    def _serve(self, generation: Generation) -> None:
+        """Run one request that waits its turn alone (engines that batch do not): skipped if it was cancelled
+        while it waited; a failure ends it as an error, never the worker calling this."""
+        try:
+            if generation.cancel_event.is_set():
+                generation.finish_reason = "cancelled"
+            else:
+                self._generate(generation)
+        except Exception as exc:
+            log.exception("generation failed")
+            generation.finish_reason, generation.error = "error", self._error_text(exc)
+        finally:
+            self._finish(generation)
+
+    def _generate(self, generation: Generation) -> None:
+        raise NotImplementedError
+
+    def _error_text(self, exc: Exception) -> str:
+        """What a failed request's `error` says."""
+        return str(exc)
+
     @staticmethod
     def _finish(generation: Generation) -> None:
         generation.finished_at = time.perf_counter()
@@ -264,17 +285,7 @@ class Engine(BaseEngine):
     # ---- generation -----------------------------------------------------------------------------
     def _work(self) -> None:
         while True:
-            generation = self._queue.get()
-            try:
-                if generation.cancel_event.is_set():
-                    generation.finish_reason = "cancelled"
-                else:
-                    self._generate(generation)
-            except Exception as exc:  # a failed request must not stop the worker
-                log.exception("generation failed")
-                generation.finish_reason, generation.error = "error", str(exc)
-            finally:
-                self._finish(generation)
+            self._serve(self._queue.get())
 
     @torch.inference_mode()
     def _generate(self, generation: Generation) -> None:

@@ -47,7 +47,7 @@ class RateLimited(HoneError):
 
 
 class BackendUnavailable(HoneError):
-    """The external serving backend could not be reached, started or given a version."""
+    """A system Hone relies on (the external serving backend, a training cluster) failed or could not be reached."""
 
     status = 502
     type = "backend_error"

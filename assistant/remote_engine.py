@@ -98,19 +98,14 @@ class RemoteEngine(BaseEngine):
                 self._gate.wait_for(lambda: not self._paused)
                 self._running += 1
             try:
-                if generation.cancel_event.is_set():
-                    generation.finish_reason = "cancelled"
-                else:
-                    self._generate(generation)
-            except Exception as exc:  # a failed request must not stop the worker
-                log.warning("the serving backend failed: %s", exc)
-                generation.finish_reason = "error"
-                generation.error = f"The serving backend ({self.backend.kind} at {self.backend.url}) failed: {exc}"
+                self._serve(generation)
             finally:
                 with self._gate:
                     self._running -= 1
                     self._gate.notify_all()
-                self._finish(generation)
+
+    def _error_text(self, exc: Exception) -> str:
+        return f"The serving backend ({self.backend.kind} at {self.backend.url}) failed: {exc}"
 
     def _generate(self, generation: Generation) -> None:
         params = generation.params

@@ -260,14 +260,14 @@ def user(database: Database, name: str, role: str) -> auth.User:
     return auth.User(id=created["id"], name=name, role=role)
 
 
-def answered(database: Database, owner: auth.User, question: str, answer: str) -> int:
-    """A stored chat turn, as the chat service leaves it."""
+def answered(database: Database, owner: auth.User, question: str, answer: str, version: str = "base") -> int:
+    """A stored chat turn answered by `version`, as the chat service leaves it."""
     _, message_id = conversations.start_turn(
         database,
         user_id=owner.id,
         conversation_id=None,
         new_messages=[{"role": "user", "content": question}],
-        version="base",
+        version=version,
         temperature=0.0,
     )
     conversations.finish_answer(

@@ -14,10 +14,10 @@ from assistant.compare import CompareService
 from assistant.feedback import FeedbackService
 from assistant.importer import import_qa
 from assistant.review import ReviewService
-from assistant.store import Database, conversations
+from assistant.store import Database
 from assistant.store import comparisons as comparisons_store
 from assistant.ui.dashboard_section import leaderboard_chart, volume_frame
-from tests.conftest import ui_client, user
+from tests.conftest import answered, ui_client, user
 
 DAY = "2024-05-01"
 ZERO = dict.fromkeys(dashboard.KINDS, 0)
@@ -25,25 +25,7 @@ ZERO = dict.fromkeys(dashboard.KINDS, 0)
 
 def answer_at(database: Database, owner: auth.User, version: str, when: str) -> int:
     """A finished chat answer by `version`, stored as if given at `when` (UTC)."""
-    _, message_id = conversations.start_turn(
-        database,
-        user_id=owner.id,
-        conversation_id=None,
-        new_messages=[{"role": "user", "content": f"Question at {when}?"}],
-        version=version,
-        temperature=0.0,
-    )
-    conversations.finish_answer(
-        database,
-        message_id,
-        content=f"Answer at {when}.",
-        status="complete",
-        finish_reason="stop",
-        prompt_tokens=1,
-        completion_tokens=1,
-        latency_ms=5.0,
-        first_token_ms=1.0,
-    )
+    message_id = answered(database, owner, f"Question at {when}?", f"Answer at {when}.", version=version)
     backdate(database, "messages", message_id, when)
     return message_id
 

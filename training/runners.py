@@ -16,7 +16,7 @@ import sys
 import httpx
 
 from assistant.config import REPO_ROOT, Settings
-from assistant.errors import HoneError, InvalidRequest
+from assistant.errors import BackendUnavailable, InvalidRequest
 from training import accelerate_config
 
 RUNNERS = ("local", "accelerate", "ray")
@@ -28,10 +28,9 @@ REMOTE_WEBHOOK_SECRET = "signed-by-the-server-not-the-worker"
 SECRET_WORDS = ("password", "secret", "api_key")
 
 
-class RunnerUnavailable(HoneError):
+class RunnerUnavailable(BackendUnavailable):
     """The runner could not take the run (the Ray cluster was unreachable or refused it)."""
 
-    status = 502
     type = "runner_error"
 
 
