@@ -50,6 +50,9 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = None
     n: int = 1
     conversation_id: int | None = Field(None, description="Hone: continue a stored conversation")
+    memory: Any = Field(
+        None, description="Hone: false answers without the correction memory (default: the server's setting)"
+    )
 
 
 class FeedbackIn(BaseModel):
@@ -70,6 +73,9 @@ class ReviewIn(BaseModel):
     verdict: Any = Field(None, description=f"one of {', '.join(VERDICTS)}")
     ideal_answer: Any = None
     correction: Any = Field(None, description="'approve' or 'reject' the answer's latest correction")
+    correction_id: Any = Field(
+        None, description="with `correction`: the id of the correction you read (409 if a newer one replaced it)"
+    )
 
 
 class TrainingRunIn(BaseModel):
@@ -195,6 +201,7 @@ def build_api(hone: Hone) -> APIRouter:
             max_tokens=body.max_completion_tokens if body.max_tokens is None else body.max_tokens,
             temperature=body.temperature,
             top_p=body.top_p,
+            use_memory=body.memory,
         )
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -217,6 +224,7 @@ def build_api(hone: Hone) -> APIRouter:
                 }
             ],
             "usage": _usage(turn),
+            "hone_memory": _memory(turn),
         }
 
     @router.post("/v1/chat/completions/{message_id}/stop", tags=["chat"])
@@ -443,6 +451,11 @@ def _envelope(turn: Turn, kind: Literal["chat.completion", "chat.completion.chun
     }
 
 
+def _memory(turn: Turn) -> dict | None:
+    """Hone: the reviewed answer this one drew on (served as it is, or put into the prompt), if any."""
+    return None if turn.memory is None else turn.memory.public()
+
+
 def _finish_reason(turn: Turn) -> str:
     return "length" if turn.generation.finish_reason == "length" else "stop"
 
@@ -478,7 +491,7 @@ async def _sse(turn: Turn, include_usage: bool) -> AsyncIterator[str]:
         if turn.generation.finish_reason == "error":
             yield event({"error": {"message": f"Generation failed: {turn.generation.error}", "type": "server_error"}})
             return
-        yield event(chunk({}, _finish_reason(turn)))
+        yield event({**chunk({}, _finish_reason(turn)), "hone_memory": _memory(turn)})
         if include_usage:
             yield event({**_envelope(turn, "chat.completion.chunk"), "choices": [], "usage": _usage(turn)})
         yield "data: [DONE]\n\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 
+from assistant import memory
 from assistant.auth import User
 from assistant.errors import Conflict, Forbidden, InvalidRequest
 from assistant.feedback import clean_choice, clean_rating, clean_text, visible_answer
@@ -13,6 +14,10 @@ from assistant.store import feedback as feedback_store
 
 VERDICTS = ("correct", "incorrect", "unsafe", "off_topic")
 DECISIONS = ("approve", "reject")
+
+
+class CorrectionChanged(Conflict):
+    """Staff wrote a newer correction after the reviewer read the one they decided on."""
 
 
 class ReviewService:
@@ -105,12 +110,17 @@ class ReviewService:
         verdict: object = None,
         ideal_answer: object = None,
         correction: object = None,
+        correction_id: object = None,
         kind: str = "review",
     ) -> int:
+        """Store one review. A decision on a staff correction names the correction the reviewer saw
+        (`correction_id`); if staff have written another since, nothing is stored (Conflict), so an approval
+        never lands on text the reviewer did not read."""
         rating = clean_rating(rating)
         verdict = clean_choice(verdict, "verdict", VERDICTS)
         ideal = clean_text(ideal_answer, "ideal_answer", self.max_chars)
         decision = clean_choice(correction, "correction", DECISIONS)
+        seen = _correction_id(correction_id, decision)
         if rating is None and verdict is None and ideal is None and decision is None:
             raise InvalidRequest("Give at least one of rating, verdict, ideal_answer or correction.")
         message = visible_answer(self.database, user, message_id)
@@ -121,6 +131,11 @@ class ReviewService:
             if decision is not None:
                 if latest is None:
                     raise InvalidRequest(f"Answer {message['id']} has no correction to approve or reject.")
+                if latest["id"] != seen:
+                    raise CorrectionChanged(
+                        f"The correction of answer {message['id']} changed since you read it (you saw {seen}, the "
+                        f"latest is {latest['id']}); read the new text and decide again."
+                    )
                 if latest["user_id"] == user.id:
                     raise Forbidden("You cannot decide on your own correction; another reviewer must.")
             correction_id = latest["id"] if decision is not None else None
@@ -137,6 +152,7 @@ class ReviewService:
             review_id = reviews.add_review(
                 self.database, message_id=message["id"], reviewer_id=user.id, kind=kind, **fields
             )
+            memory.refresh(self.database, message["id"])  # what is approved may have changed: serve it at once
             audit.record(
                 self.database,
                 user.name,
@@ -197,6 +213,22 @@ class ReviewService:
                 for (a, b), labels in sorted(pair_labels.items())
             ],
         }
+
+
+def _correction_id(value: object, decision: str | None) -> int | None:
+    """The id of the correction a decision is about: required with a decision, refused without one."""
+    if decision is None:
+        if value is not None:
+            raise InvalidRequest("correction_id goes with a correction decision ('approve' or 'reject').")
+        return None
+    if value is None:
+        raise InvalidRequest(
+            "correction_id is required with a correction decision: the id of the correction you read "
+            "(the review item's correction.id)."
+        )
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest("correction_id must be an integer.")
+    return value
 
 
 def disagree(judged: list[dict]) -> bool:

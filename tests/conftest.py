@@ -297,13 +297,13 @@ def seeded(settings):
     import_qa(database, admin, lines, "test", 8000)
     for _ in range(2):  # the same correction in two conversations: one row survives dedup
         message_id = answered(database, staff, "How do I reach support?", "No idea.")
-        feedback.submit(
+        made = feedback.submit(
             staff,
             message_id,
             thumb="down",
             correction=f"Email {SECRET_EMAIL} or call {SECRET_PHONE}; ask for carol.smith.",
         )
-        review.submit(reviewer, message_id, verdict="incorrect", correction="approve")
+        review.submit(reviewer, message_id, verdict="incorrect", correction="approve", correction_id=made.correction_id)
     return database
 
 

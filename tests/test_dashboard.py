@@ -16,6 +16,7 @@ from assistant.importer import import_qa
 from assistant.review import ReviewService
 from assistant.store import Database
 from assistant.store import comparisons as comparisons_store
+from assistant.store import feedback as feedback_store
 from assistant.ui.dashboard_section import leaderboard_chart, volume_frame
 from tests.conftest import answered, ui_client, user
 
@@ -69,7 +70,9 @@ def judged(tmp_path):
     give(sam, b1, f"{DAY}T10:25", thumb="down")
     give(sam, b1, f"{DAY}T11:05", thumb="up")  # a change of mind: the latest thumb counts
     give(sam, b2, f"{DAY}T11:10", thumb="down", correction="A better answer.")
-    backdate(database, "reviews", review.submit(rita, b2, verdict="incorrect", correction="approve"), f"{DAY}T11:30")
+    shown = feedback_store.latest_correction(database, b2)["id"]
+    reviewed = review.submit(rita, b2, verdict="incorrect", correction="approve", correction_id=shown)
+    backdate(database, "reviews", reviewed, f"{DAY}T11:30")
     # an imported pair is neither a chat answer nor feedback
     import_qa(database, admin, [json.dumps({"question": "Imported?", "answer": "Yes."})], "test", 8000)
     return database

@@ -84,12 +84,11 @@ def test_thumbs_down_and_correction_flow_into_review_and_exports(tiny_server, pe
     )
     assert item["feedback"][0]["thumb"] == "down" and item["feedback"][0]["reasons"] == ["wrong_facts"]
 
-    r = rev.post(f"/v1/review/{message_id}", {"verdict": "incorrect", "rating": 1, "correction": "approve"})
+    decision = {"verdict": "incorrect", "rating": 1, "correction": "approve", "correction_id": second_correction}
+    assert item["correction"]["id"] == second_correction
+    r = rev.post(f"/v1/review/{message_id}", decision)
     assert r.status_code == 201
-    assert (
-        rev.post(f"/v1/review/{message_id}", {"verdict": "incorrect", "rating": 1, "correction": "approve"}).status_code
-        == 409
-    )
+    assert rev.post(f"/v1/review/{message_id}", decision).status_code == 409
 
     prompt = [{"role": "user", "content": "What is the capital of France?"}]
     chosen = [{"role": "assistant", "content": "The capital of France is Paris."}]
@@ -112,10 +111,39 @@ def test_thumbs_down_and_correction_flow_into_review_and_exports(tiny_server, pe
 def test_rejected_corrections_never_train(tiny_server, people):
     staff, rev, admin = people["staff"], people["rev"], people["admin"]
     message_id = int(staff.ask("Tell me a secret")["id"])
-    assert staff.post("/v1/feedback", {"message_id": message_id, "correction": "Rejected text xyz."}).status_code == 201
-    assert rev.post(f"/v1/review/{message_id}", {"correction": "reject", "verdict": "correct"}).status_code == 201
+    made = staff.post("/v1/feedback", {"message_id": message_id, "correction": "Rejected text xyz."})
+    assert made.status_code == 201
+    decision = {"correction": "reject", "correction_id": made.json()["correction_id"], "verdict": "correct"}
+    assert rev.post(f"/v1/review/{message_id}", decision).status_code == 201
     for kind in ("sft", "dpo"):
         assert "Rejected text xyz." not in admin.get(f"/v1/export/{kind}").text
+
+
+def test_a_decision_is_about_the_correction_read_and_a_newer_one_is_a_409(tiny_server, people):
+    staff, rev, admin = people["staff"], people["rev"], people["admin"]
+    message_id = int(staff.ask("Which ward takes walk-ins?")["id"])
+    staff.post("/v1/feedback", {"message_id": message_id, "correction": "Ward 3 takes walk-ins."})
+    item = rev.post(f"/v1/review/{message_id}/claim").json()
+    read = item["correction"]["id"]
+    # staff replace the text between the reviewer's read and save
+    swapped = staff.post("/v1/feedback", {"message_id": message_id, "correction": "Ward 9 takes walk-ins."})
+    before = count(tiny_server, "reviews")
+
+    stale = rev.post(
+        f"/v1/review/{message_id}", {"verdict": "incorrect", "correction": "approve", "correction_id": read}
+    )
+    assert stale.status_code == 409 and "changed since you read it" in stale.json()["error"]["message"]
+    missing = rev.post(f"/v1/review/{message_id}", {"verdict": "incorrect", "correction": "approve"})
+    assert missing.status_code == 400 and "correction_id is required" in missing.json()["error"]["message"]
+    assert count(tiny_server, "reviews") == before
+    assert "Ward 9" not in admin.get("/v1/export/sft").text
+
+    fresh = rev.get(f"/v1/review/{message_id}").json()["correction"]
+    assert fresh["id"] == swapped.json()["correction_id"] and fresh["text"] == "Ward 9 takes walk-ins."
+    body = {"verdict": "incorrect", "correction": "approve", "correction_id": fresh["id"]}
+    assert rev.post(f"/v1/review/{message_id}", body).status_code == 201
+    sft = admin.get("/v1/export/sft").text
+    assert "Ward 9 takes walk-ins." in sft and "Ward 3 takes walk-ins." not in sft
 
 
 def test_bad_feedback_is_refused_and_writes_nothing(tiny_server, people):
@@ -158,6 +186,8 @@ def test_bad_feedback_is_refused_and_writes_nothing(tiny_server, people):
         ({"rating": 9}, 400),
         ({"ideal_answer": ""}, 400),
         ({"correction": "approve"}, 400),  # there is no correction to approve
+        ({"correction": "approve", "correction_id": "1"}, 400),
+        ({"verdict": "correct", "correction_id": 1}, 400),  # an id without a decision
     ]:
         assert rev.post(f"/v1/review/{message_id}", body).status_code == status, body
     assert rev.post("/v1/review/999999", {"verdict": "correct"}).status_code == 404

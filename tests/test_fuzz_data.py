@@ -133,10 +133,12 @@ def test_builders_take_any_text_and_keep_trl_shapes(gate, fresh_store, question,
     database, people, feedback, review = fresh_store()
     message_id = answered(database, people["staff"], question, answer)
     try:
-        feedback.submit(people["staff"], message_id, thumb=thumb, correction=correction)
+        made = feedback.submit(people["staff"], message_id, thumb=thumb, correction=correction)
     except InvalidRequest:  # e.g. the correction is the answer: refused, with a message, before storage
         assume(False)
-    review.submit(people["reviewer"], message_id, verdict="incorrect", correction="approve")
+    review.submit(
+        people["reviewer"], message_id, verdict="incorrect", correction="approve", correction_id=made.correction_id
+    )
     import_qa(database, people["admin"], [json.dumps({"question": question, "answer": correction})], "fuzz", 8000)
 
     built = examples.build_examples(database)

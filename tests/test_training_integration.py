@@ -73,7 +73,7 @@ def test_corrections_become_a_candidate_and_a_killed_run_changes_nothing(server)
             "POST",
             f"/v1/review/{answer_id}",
             reviewer,
-            json={"verdict": "incorrect", "correction": "approve"},
+            json={"verdict": "incorrect", "correction": "approve", "correction_id": made.json()["correction_id"]},
         )
         assert approved.status_code in (200, 201), approved.text
 

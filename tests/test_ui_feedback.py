@@ -61,3 +61,25 @@ def test_staff_corrects_in_the_chat_and_a_reviewer_approves_it(tiny_server, clie
     counts, users, audit, *_ = admin.predict(api_name="/admin_overview")
     assert "1 SFT rows" in counts and "1 DPO pairs" in counts
     assert any(row[1] == "ui-rev" and row[2] == "review.review" for row in audit["data"])
+
+
+def test_the_review_tab_decides_only_the_correction_it_showed(tiny_server, clients):
+    staff, rev = clients["ui-staff"], clients["ui-rev"]
+    *_, answers = staff.predict("Where is the pharmacy?", 1.0, 8, api_name="/chat")
+    answer_id = answers["value"]
+    staff.predict(answer_id, "down", None, [], "", "Ground floor, east wing.", api_name="/feedback")
+    _, view, *_ = rev.predict(api_name="/review_next")
+    assert f"Answer #{answer_id}" in view and "Ground floor, east wing." in view
+    staff.predict(answer_id, None, None, [], "", "Second floor, west wing.", api_name="/feedback")  # the swap
+
+    _, view, *_, status = rev.predict("incorrect", 2, "approve", "", api_name="/review_save")
+    assert "Not saved" in status and "changed while you were reading" in status
+    assert "Second floor, west wing." in view  # the same item again, with the new text
+    database = tiny_server.hone.database
+    assert database.one("select count(*) as n from reviews where message_id = ?", [answer_id])["n"] == 0
+
+    _, view, *_, status = rev.predict("incorrect", 2, "approve", "", api_name="/review_save")
+    assert f"Saved your review of answer #{answer_id}" in status
+    saved = database.one("select * from reviews where message_id = ?", [answer_id])
+    latest = database.one("select max(id) as id from corrections where message_id = ?", [answer_id])["id"]
+    assert (saved["correction_decision"], saved["correction_id"]) == ("approve", latest)

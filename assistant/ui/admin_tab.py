@@ -106,6 +106,7 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
             pair_table = gr.Dataframe(headers=["reviewers", "items", "cohen_kappa"], label="Per pair")
             dispute = gr.Dropdown(label="Disputed answers", choices=[], elem_id="admin-disputes")
             dispute_view = gr.Markdown()
+            adj_correction = gr.State(None)  # the correction id shown: a decision is about that text only
             with gr.Row():
                 adj_verdict = gr.Radio(VERDICT_LABELS, label="Final verdict")
                 adj_decision = gr.Radio(["approve", "reject"], label="Staff correction")
@@ -197,7 +198,7 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
     def show_dispute(message_id, request: gr.Request):
         admin = guard(hone, request, "admin")
         if message_id is None:
-            return ""
+            return "", None
         item = hone.review.item(admin, int(message_id))
         lines = [review_item(item), "**Reviews**"]
         for r in item["reviews"]:
@@ -205,9 +206,9 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
                 f"- {r['reviewer']} ({r['kind']}): verdict {r['verdict']}, rating {r['rating']}, "
                 f"correction {r['correction_decision']}, ideal: {json.dumps(r['ideal_answer'])}"
             )
-        return "\n".join(lines)
+        return "\n".join(lines), item["correction"]["id"] if item["correction"] else None
 
-    def do_adjudicate(message_id, verdict, decision, ideal, request: gr.Request):
+    def do_adjudicate(message_id, correction_id, verdict, decision, ideal, request: gr.Request):
         admin = guard(hone, request, "admin")
         if message_id is None:
             raise gr.Error("Choose a disputed answer first.")
@@ -217,6 +218,7 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
                 int(message_id),
                 verdict=verdict or None,
                 correction=decision or None,
+                correction_id=correction_id if decision else None,
                 ideal_answer=ideal if ideal and ideal.strip() else None,
             )
         except HoneError as exc:
@@ -393,9 +395,12 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
     export_data_button.click(do_export_data, None, [export_file], api_name="export_data")
     backup_now.click(make_backup, None, [backup_status, backup_table, audit_table], api_name="backup")
     refresh_agreement.click(agreement, None, [reviewer_table, pair_table, dispute], api_name="agreement")
-    dispute.change(show_dispute, [dispute], [dispute_view], api_name=False)
+    dispute.change(show_dispute, [dispute], [dispute_view, adj_correction], api_name=False)
     adjudicate.click(
-        do_adjudicate, [dispute, adj_verdict, adj_decision, adj_ideal], [adj_status], api_name="adjudicate"
+        do_adjudicate,
+        [dispute, adj_correction, adj_verdict, adj_decision, adj_ideal],
+        [adj_status],
+        api_name="adjudicate",
     )
     user_inputs, user_outputs = [user_name, user_role], [user_status, user_table, audit_table]
     add_user.click(user_action("add"), user_inputs, user_outputs, api_name="add_user")

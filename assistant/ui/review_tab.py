@@ -9,7 +9,7 @@ from __future__ import annotations
 import gradio as gr
 
 from assistant.errors import HoneError
-from assistant.review import VERDICTS
+from assistant.review import VERDICTS, CorrectionChanged
 from assistant.services import Hone
 from assistant.ui.common import guard, ui_error
 from assistant.ui.render import counts_line, review_item
@@ -43,6 +43,7 @@ def build_review_tab(hone: Hone) -> gr.Tab:
     with gr.Tab("Review", id="review", visible=False) as tab:
         counts = gr.Markdown(elem_id="review-counts")
         item_id = gr.State(None)
+        shown_correction = gr.State(None)  # the correction id on screen: a decision is about that text only
         item_view = gr.Markdown(elem_id="review-item")
         with gr.Row():
             verdict = gr.Radio(VERDICT_LABELS, label="Verdict (Alt+1…4)", elem_id="review-verdict")
@@ -69,6 +70,7 @@ def build_review_tab(hone: Hone) -> gr.Tab:
         return (
             counts_line(examples.counts(hone.database)),
             item["message_id"] if item else None,
+            item["correction"]["id"] if has_correction else None,
             review_item(item, hone.review.waiting(user) - (1 if item else 0)),
             gr.update(value=None),
             gr.update(value=None),
@@ -77,13 +79,15 @@ def build_review_tab(hone: Hone) -> gr.Tab:
             note,
         )
 
-    outputs = [counts, item_id, item_view, verdict, rating, decision, ideal, status]
+    outputs = [counts, item_id, shown_correction, item_view, verdict, rating, decision, ideal, status]
 
     def next_item(request: gr.Request):
         user = guard(hone, request, "reviewer")
         return show(user, hone.review.next(user))
 
-    def save_and_next(message_id, verdict_value, rating_value, decision_value, ideal_text, request: gr.Request):
+    def save_and_next(
+        message_id, correction_id, verdict_value, rating_value, decision_value, ideal_text, request: gr.Request
+    ):
         user = guard(hone, request, "reviewer")
         if message_id is None:
             return show(user, hone.review.next(user))
@@ -94,11 +98,25 @@ def build_review_tab(hone: Hone) -> gr.Tab:
                 verdict=verdict_value or None,
                 rating=int(rating_value) if rating_value else None,
                 correction=decision_value or None,
+                correction_id=correction_id if decision_value else None,
                 ideal_answer=ideal_text if ideal_text and ideal_text.strip() else None,
             )
+        except CorrectionChanged:
+            return changed(user, int(message_id))
         except HoneError as exc:
             raise ui_error(exc) from exc
         return show(user, hone.review.next(user), f"Saved your review of answer #{message_id}.")
+
+    def changed(user, message_id: int):
+        """The same item again with the newer correction; the reviewer's verdict, rating and ideal answer stay."""
+        item = hone.review.item(user, message_id)
+        note = (
+            f"**Not saved:** the staff correction of answer #{message_id} changed while you were reading it. "
+            "Read the new text below and decide again."
+        )
+        fresh = show(user, item, note)
+        keep = gr.update()  # leave verdict, rating and ideal answer as the reviewer set them
+        return (*fresh[:4], keep, keep, fresh[6], keep, fresh[8])
 
     def skip_item(message_id, request: gr.Request):
         user = guard(hone, request, "reviewer")
@@ -117,9 +135,9 @@ def build_review_tab(hone: Hone) -> gr.Tab:
         return item["correction"]["text"] if item["correction"] else item["answer"]
 
     tab.select(next_item, None, outputs, api_name="review_next").then(None, js=FOCUS_IDEAL)
-    save.click(save_and_next, [item_id, verdict, rating, decision, ideal], outputs, api_name="review_save").then(
-        None, js=FOCUS_IDEAL
-    )
+    save.click(
+        save_and_next, [item_id, shown_correction, verdict, rating, decision, ideal], outputs, api_name="review_save"
+    ).then(None, js=FOCUS_IDEAL)
     skip.click(skip_item, [item_id], outputs, api_name="review_skip").then(None, js=FOCUS_IDEAL)
     prefill.click(start_from_answer, [item_id], [ideal], api_name="review_prefill").then(None, js=FOCUS_IDEAL)
     return tab
