@@ -6,6 +6,7 @@ Unknown keys and out-of-range values are refused before any compute is spent.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -38,8 +39,12 @@ class TrainConfig(BaseModel):
     validation_percent: int = Field(10, ge=0, le=50, description="share of conversations held out for validation")
     min_rows: int = Field(1, ge=1, description="fewest domain training rows a run accepts")
     max_steps: int = Field(-1, ge=-1, description="cap on optimiser steps per phase (-1: no cap)")
-    threads: int = Field(0, ge=0, le=256, description="torch threads (0: torch's default)")
-    bf16: bool = Field(True, description="bf16 autocast (weights stay fp32): 1.5x faster here, half the memory")
+    threads: int = Field(0, ge=0, le=256, description="torch threads (0: every core; the worker yields to chat)")
+    bf16: bool | Literal["auto"] = Field(
+        "auto",
+        description="bf16 autocast (weights stay fp32); auto: on where the CPU has native bf16 (1.5x faster), "
+        "fp32 where it has not (bf16 is 8x+ slower there)",
+    )
     gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, 15% slower here")
     group_by_length: bool = Field(True, description="batch rows of similar length: less padding, 1.4x faster here")
     # evaluation

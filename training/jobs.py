@@ -291,7 +291,7 @@ def run_worker(settings: Settings, job_id: int) -> int:
 
     state = PartialState(cpu=not torch.cuda.is_available())
     if not state.is_main_process:
-        return _train_alongside(state, train, staging_dir(settings, job_id) / "adapter")
+        return _train_alongside(state, train, staging_dir(settings, job_id) / "adapter", settings.home)
     database = Database.for_settings(settings)
     job = _share(state, lambda: _claim(database, job_id))
     if job is None:
@@ -301,7 +301,7 @@ def run_worker(settings: Settings, job_id: int) -> int:
     try:
         config, base_model, build = _share(state, lambda: _prepare(database, settings, job, progress))
         shutil.rmtree(staging, ignore_errors=True)
-        report = train(base_model, build, config, staging / "adapter", progress)
+        report = train(base_model, build, config, staging / "adapter", progress, cache_dir=settings.home)
         write_jsonl(staging / "validation.jsonl", build.sft_validation)  # the domain set evaluation uses
         progress.phase("registering")
         with database.write() as db:
@@ -361,6 +361,9 @@ def _claim(database: Database, job_id: int) -> dict | None:
 
 def _prepare(database: Database, settings: Settings, job: dict, progress: ProgressWriter):
     """The run's config, base model folder and data, built on the main process."""
+    import torch
+
+    from assistant import cpu_speed
     from training import datasets
 
     config = TrainConfig(**job["config"])
@@ -374,6 +377,9 @@ def _prepare(database: Database, settings: Settings, job: dict, progress: Progre
     build = datasets.build(database, config, system_prompt=settings.system_prompt, gate=pii_gate)
     if build.domain_rows < config.min_rows:
         raise InvalidRequest(f"Only {build.domain_rows} training rows after the split; need {config.min_rows}.")
+    if config.bf16 == "auto" and not torch.cuda.is_available():
+        # probed once here, before the rows are shared: every process then reads the same cached decision
+        cpu_speed.training_precision(settings.home)
     return config, resolve_base_model(settings, log=lambda *_: None), build
 
 
@@ -402,7 +408,7 @@ class WorkerStopped(RuntimeError):
     """The main process gave up (it marked the run); the other processes just end."""
 
 
-def _train_alongside(state, train, adapter_dir: Path) -> int:
+def _train_alongside(state, train, adapter_dir: Path, cache_dir: Path) -> int:
     """A process other than the main one: the same training on the main process's rows. Saving a sharded
     adapter needs every process; writing it, registering and evaluating are the main process's."""
     try:
@@ -412,5 +418,5 @@ def _train_alongside(state, train, adapter_dir: Path) -> int:
         config, base_model, build = _share(state)
     except WorkerStopped:
         return 1
-    train(base_model, build, config, adapter_dir, lambda *_: None)
+    train(base_model, build, config, adapter_dir, lambda *_: None, cache_dir=cache_dir)
     return 0

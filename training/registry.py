@@ -116,6 +116,14 @@ def model_card(record: dict, base_model: str, config: dict, snapshot: dict, repo
     redactions = ", ".join(f"{k}: {v}" for k, v in pii["redactions"].items()) or "none found"
     gate = "on" if pii["gate"] else f"**off** (override: {pii['override_reason']})"
     libraries = ", ".join(f"{k} {v}" for k, v in library_versions().items())
+    speed = report.get("speed")
+    speed_note = (
+        f"\n\n**Precision:** {'bf16 autocast, fp32 weights' if speed['bf16'] else 'fp32'} "
+        f"(`bf16: {speed['bf16_setting']}`; {speed['reason']}); CPU capability {speed['capability']}, "
+        f"{speed['threads']} torch threads."
+        if speed
+        else ""
+    )
     return f"""# Model card: {record["id"]}
 
 - **Base model:** `{base_model}` with a LoRA adapter
@@ -145,7 +153,7 @@ Gate {gate}. Rows redacted: {pii["rows_redacted"]}. Redactions by type: {redacti
 ## Training
 | phase | rows | steps | final loss | seconds |
 |---|---|---|---|---|
-{phases}{cut_note}
+{phases}{cut_note}{speed_note}
 
 | setting | value |
 |---|---|

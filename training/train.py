@@ -1,8 +1,8 @@
 """TRL SFT, then DPO when preference pairs exist (KTO when only thumbs exist), with a LoRA adapter on the base.
 
-CPU-friendly defaults (measured in bench/train.py and docs/experiments.md): bf16 autocast with fp32 weights,
-SFT batches of similar length, no activation recomputation, no checkpoints written mid-run, one adapter saved
-at the end.
+CPU-friendly defaults (measured in bench/train.py and docs/experiments.md): bf16 autocast with fp32 weights where
+the CPU has native bf16 and fp32 where it has not (`bf16: auto`, assistant/cpu_speed.py), SFT batches of similar
+length, no activation recomputation, no checkpoints written mid-run, one adapter saved at the end.
 
 Under `accelerate launch` (DDP, DeepSpeed, FSDP) every process runs this; the trainers take the launcher's
 settings from the environment, each process trains on its share of every batch, and the main one saves.
@@ -21,6 +21,7 @@ import torch
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
+from assistant import cpu_speed
 from training.config import TrainConfig
 from training.datasets import Build
 
@@ -54,6 +55,24 @@ def per_process_batch(batch_size: int) -> int:
     return max(1, math.ceil(batch_size / int(os.environ.get("WORLD_SIZE", "1"))))
 
 
+def speed_settings(config: TrainConfig, cache_dir: Path | None = None) -> dict:
+    """The precision and threads this run trains with, and why (for the model card). An explicit `bf16` wins."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if torch.cuda.is_available():
+        bf16 = torch.cuda.is_bf16_supported() if config.bf16 == "auto" else config.bf16
+        precision = {"bf16": bf16, "reason": f"GPU: bf16 {'supported' if bf16 else 'off'}", "capability": "CUDA"}
+    elif config.bf16 == "auto":
+        precision = cpu_speed.training_precision(cache_dir).as_dict()
+    else:
+        precision = {
+            "bf16": config.bf16 is True,  # "auto" is resolved by train() before the trainers see it
+            "reason": f"bf16: {str(config.bf16).lower()} set in the training config",
+            "capability": cpu_speed.capability(),
+        }
+    return {**precision, "bf16_setting": config.bf16, "threads": torch.get_num_threads()}
+
+
 def _common_args(config: TrainConfig, out: str, epochs: float, learning_rate: float) -> dict:
     return {
         "output_dir": out,
@@ -69,7 +88,7 @@ def _common_args(config: TrainConfig, out: str, epochs: float, learning_rate: fl
         "seed": config.seed,
         "data_seed": config.seed,
         "use_cpu": not torch.cuda.is_available(),
-        "bf16": config.bf16,
+        "bf16": config.bf16 is True,  # "auto" is resolved by train() before the trainers see it
         "gradient_checkpointing": config.gradient_checkpointing,
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
@@ -77,10 +96,18 @@ def _common_args(config: TrainConfig, out: str, epochs: float, learning_rate: fl
     }
 
 
-def train(base_model: str, build: Build, config: TrainConfig, adapter_dir: Path, progress: Progress) -> dict:
-    """Train and save the adapter; returns what happened (losses, steps, seconds) for the model card."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
+def train(
+    base_model: str,
+    build: Build,
+    config: TrainConfig,
+    adapter_dir: Path,
+    progress: Progress,
+    cache_dir: Path | None = None,
+) -> dict:
+    """Train and save the adapter; returns what happened (losses, steps, seconds, precision and why) for the
+    model card. `cache_dir` keeps the CPU's bf16 probe between runs (the data home)."""
+    speed = speed_settings(config, cache_dir)
+    config = config.model_copy(update={"bf16": speed["bf16"]})
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
@@ -102,7 +129,12 @@ def train(base_model: str, build: Build, config: TrainConfig, adapter_dir: Path,
         adapter_dir.mkdir(parents=True, exist_ok=True)
         trainer.model.save_pretrained(adapter_dir)
     accelerator = trainer.accelerator  # how it ran: one process ("NO"), or DDP, DeepSpeed, FSDP over several
-    return {"phases": phases, "processes": accelerator.num_processes, "distributed": accelerator.distributed_type.value}
+    return {
+        "phases": phases,
+        "processes": accelerator.num_processes,
+        "distributed": accelerator.distributed_type.value,
+        "speed": speed,
+    }
 
 
 def _sft_then_dpo(model, tokenizer, lora, build: Build, config: TrainConfig, scratch: str, progress, phases):
