@@ -5,15 +5,20 @@ Both the HTTP API and the Gradio UI call `ChatService`; neither talks to the eng
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from dataclasses import dataclass
 
+from assistant import memory
 from assistant.auth import User
 from assistant.config import Settings
 from assistant.engine import BASE_VERSION, BaseEngine, Generation, SamplingParams
 from assistant.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from assistant.routing import choose_version
 from assistant.store import Database, audit, conversations, versions
+
+log = logging.getLogger(__name__)
 
 MESSAGE_ROLES = ("system", "user", "assistant")
 
@@ -26,6 +31,7 @@ class Turn:
     message_id: int
     version: str
     generation: Generation
+    memory: memory.Recall | None = None  # the reviewed answer this one drew on
 
     def chunks(self):
         return self.generation.chunks()
@@ -58,6 +64,7 @@ class ChatService:
         self.settings = settings
         self._active: dict[int, Turn] = {}  # answer id -> running turn, for Stop
         self._lock = threading.Lock()
+        self.memory = memory.MemoryIndex(database)
 
     # ---- validation -----------------------------------------------------------------------------
     def clean_messages(self, messages: object) -> list[dict]:
@@ -121,20 +128,32 @@ class ChatService:
         max_tokens: object = None,
         temperature: object = None,
         top_p: object = None,
+        use_memory: object = None,
     ) -> Turn:
         """Validate everything first, so bad input writes nothing; then store the turn and queue it.
 
         Without `conversation_id` the messages are the whole context of a new conversation; with it they
-        are appended to the stored conversation, whose history the model sees.
+        are appended to the stored conversation, whose history the model sees. `use_memory` (default: the
+        setting) lets a close enough approved answer serve or inform this one.
         """
         new_messages = self.clean_messages(messages)
         params = self.sampling(max_tokens, temperature, top_p)
+        if use_memory is not None and not isinstance(use_memory, bool):
+            raise InvalidRequest("memory must be true or false.")
         conversation = None if conversation_id is None else self.own_conversation(user, conversation_id)
         if not isinstance(model, str) or not model:
             raise InvalidRequest("'model' must be a non-empty string.")
         route = choose_version(self.database, model, conversation)
         history = [] if conversation is None else self._history(conversation["id"])
-        return self._launch(user, conversation_id, history, new_messages, route.version, params, ab_test=route.ab_test)
+        recall = self.recall(new_messages[-1]["content"], use_memory)
+        return self._launch(
+            user, conversation_id, history, new_messages, route.version, params, ab_test=route.ab_test, recall=recall
+        )
+
+    def recall(self, question: str, use_memory: bool | None = None, allow_serve: bool = True) -> memory.Recall | None:
+        """The approved answer this question should draw on, if memory is on and one is close enough."""
+        if not (self.settings.memory if use_memory is None else use_memory):
+            return None
 
     def retry(self, user: User, conversation_id: int, *, max_tokens: object = None, temperature: object = None) -> Turn:
         """Answer the conversation's last user message again; the new answer replaces the last one."""
@@ -147,17 +166,28 @@ class ChatService:
             raise InvalidRequest("There is no question to answer again.")
         params = self.sampling(max_tokens, temperature)
         route = choose_version(self.database, "current", conversation)
-        return self._launch(user, conversation_id, history, [], route.version, params, replaces=replaces)
+        # asked again: the model answers (informed by memory), rather than the same approved text once more
+        recall = self.recall(history[-1]["content"], allow_serve=False)
+        return self._launch(user, conversation_id, history, [], route.version, params, replaces=replaces, recall=recall)
 
     def _history(self, conversation_id: int) -> list[dict]:
         return conversations.context(self.database, conversation_id)
 
     def _launch(
-        self, user, conversation_id, history, new_messages, version_row, params, replaces=None, ab_test=None
+        self,
+        user,
+        conversation_id,
+        history,
+        new_messages,
+        version_row,
+        params,
+        replaces=None,
+        ab_test=None,
+        recall=None,
     ) -> Turn:
         version = version_row["id"]
         self.ensure_loaded(version_row)
-        input_ids = self.encode(history + new_messages, params)
+        input_ids = self.encode(history + new_messages, params, recall)
         conversation_id, message_id = conversations.start_turn(
             self.database,
             user_id=user.id,
@@ -168,17 +198,28 @@ class ChatService:
             replaces=replaces,
             ab_test=ab_test,
         )
-        generation = self.generate_into(message_id, version, input_ids, params)
-        turn = Turn(conversation_id=conversation_id, message_id=message_id, version=version, generation=generation)
-        with self._lock:
-            self._active[message_id] = turn
+        if recall is not None:
+            memory.record_use(self.database, message_id, recall)
+        if recall is not None and recall.mode == "served":
+            generation = self.serve_text(message_id, version, input_ids, params, recall.answer)
+        else:
+            generation = self.generate_into(message_id, version, input_ids, params)
+        turn = Turn(
+            conversation_id=conversation_id,
+            message_id=message_id,
+            version=version,
+            generation=generation,
+            memory=recall,
+        )
+        if not generation.done.is_set():  # a served answer is complete already: nothing to stop
+            with self._lock:
+                self._active[message_id] = turn
         return turn
 
-    def encode(self, messages: list[dict], params: SamplingParams):
-        """The model's input for these messages: the system prompt first (unless they bring one), trimmed to fit."""
-        context = [{"role": m["role"], "content": m["content"]} for m in messages]
-        if not any(m["role"] == "system" for m in context):
-            context.insert(0, {"role": "system", "content": self.settings.system_prompt})
+    def encode(self, messages: list[dict], params: SamplingParams, recall: memory.Recall | None = None):
+        """The model's input for these messages: the system prompt first (unless they bring one), with any
+        approved answer it draws on, trimmed to fit."""
+        context = memory.with_memory(messages, recall, self.settings.system_prompt)
         budget = self.settings.max_context_tokens - params.max_new_tokens
         return self.engine.encode_chat(context, max(budget, 16))
 
@@ -189,6 +230,26 @@ class ChatService:
         except Exception as exc:
             self._store_failure(message_id, str(exc))
             raise
+
+    def serve_text(self, message_id: int, version: str, input_ids, params: SamplingParams, text: str) -> Generation:
+        """An approved answer served as it is, through the same Generation a model's answer streams through (cut
+        at max_tokens like one)."""
+        generation = Generation(version=version, prompt_tokens=int(input_ids.shape[1]), params=params)
+        generation.on_finish = lambda g: self._store_answer(message_id, g)
+        tokens = self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(tokens) > params.max_new_tokens:
+            tokens = tokens[: params.max_new_tokens]
+            text, generation.finish_reason = self.engine.tokenizer.decode(tokens), "length"
+        else:
+            generation.finish_reason = "stop"
+        generation.first_token_at = time.perf_counter()
+        for piece in text.split(" "):  # word by word, as a stream reads
+            chunk = piece if not generation.parts else " " + piece
+            generation.parts.append(chunk)
+            generation._queue.put(chunk)
+        generation.completion_tokens = len(tokens)
+        BaseEngine._finish(generation)
+        return generation
 
     def ensure_loaded(self, version_row: dict) -> None:
         version = version_row["id"]

@@ -79,6 +79,16 @@ class Settings(BaseSettings):
         20, ge=0, le=100, description="share of reviewed answers offered to a second reviewer (for agreement)"
     )
 
+    memory: bool = Field(
+        True, description="correction memory: approved answers to similar questions serve at once (on/off)"
+    )
+    memory_serve_threshold: float = Field(
+        0.92, ge=0.0, le=1.0, description="question cosine above which the approved answer is served as it is"
+    )
+    memory_prompt_threshold: float = Field(
+        0.7, ge=0.0, le=1.0, description="question cosine above which the approved answer goes into the prompt"
+    )
+
     pii_patterns: dict[str, str] = Field(
         default_factory=dict, description='extra PII regexes for the training gate, JSON: {"ENTITY": "regex"}'
     )
@@ -151,6 +161,12 @@ class Settings(BaseSettings):
                 "ASSISTANT_BACKEND=vllm needs ASSISTANT_BACKEND_URL, the root of the running vLLM server "
                 "(for example http://gpu-box:8000/v1)."
             )
+        return self
+
+    @model_validator(mode="after")
+    def _memory_thresholds_ordered(self) -> Settings:
+        if self.memory_prompt_threshold > self.memory_serve_threshold:
+            raise ValueError("ASSISTANT_MEMORY_PROMPT_THRESHOLD must not be above ASSISTANT_MEMORY_SERVE_THRESHOLD.")
         return self
 
     @model_validator(mode="after")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 
-from assistant import webhooks
+from assistant import memory, webhooks
 from assistant.auth import User
 from assistant.errors import InvalidRequest, NotFound
 from assistant.store import Database, audit, comparisons, users
@@ -93,6 +93,8 @@ def erase_user(database: Database, admin: User, name: str, reason: str) -> dict:
         events = webhooks.forget(db, name, touched)
         if events:
             deleted["outbox"] = events
+        memory.forget(database, owned)  # their answers leave the correction memory at once
+        memory.refresh(database, sorted(set(judged) - set(owned)))  # others' answers they judged: decide again
         # The lineage rows go too: a message id may be reused by SQLite once the row is gone.
         db.execute(f"delete from version_rows where message_id in ({_marks(touched)})", touched)
         erasure_id = (

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from assistant import webhooks
+from assistant import memory, webhooks
 from assistant.auth import User
 from assistant.errors import Conflict, InvalidRequest, NotFound
 from assistant.store import Database, audit, conversations
@@ -134,6 +134,7 @@ class FeedbackService:
                         corrected=corrected,
                     )
                     audit.record(self.database, user.name, "correction.add", f"message:{message['id']}")
+                    memory.refresh(self.database, message["id"])  # a newer correction supersedes an approved one
             if feedback_id is None and correction_id is None:
                 raise Conflict("This feedback was already recorded.")
             webhooks.record(  # ids and judgements only: no answer, comment or correction text leaves Hone

@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 
+from assistant import memory
 from assistant.auth import User
 from assistant.store import Database, audit, conversations, reviews
 
@@ -98,5 +99,6 @@ def _store(database: Database, admin: User, pending: list, source: str, report: 
                 database, message_id=slot["message_id"], reviewer_id=admin.id, kind="import", ideal_answer=answer
             )
             reviews.record_import(database, digest, slot["message_id"], source)
+            memory.refresh(database, slot["message_id"])
             report["imported"] += 1
     pending.clear()

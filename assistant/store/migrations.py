@@ -372,3 +372,30 @@ def m008_training_runner(db: sqlite_utils.Database) -> None:
     # submission id Hone gave the cluster, which reap asks about and cancel stops.
     db["jobs"].add_column("runner", str)
     db["jobs"].add_column("remote_id", str)
+
+
+@migrations()
+def m009_correction_memory(db: sqlite_utils.Database) -> None:
+    # Correction memory (assistant/memory.py): one row per answer whose approved knowledge (what training would
+    # take as its SFT target) serves at once. Derived data, kept in step by every write path that changes what
+    # is approved; `vector` is null until the serving process embeds the question (float32, unit length).
+    db["memory"].create(
+        {
+            "message_id": int,  # the reviewed answer (chat or import)
+            "question": str,
+            "answer": str,
+            "source": str,  # import | review | correction
+            "vector": bytes,
+            "model": str,  # the embedder that made `vector`
+            "updated_at": str,
+        },
+        pk="message_id",
+        not_null={"question", "answer", "source", "updated_at"},
+    )
+    # Bumped on every change to `memory`, so a serving process reloads its matrix only when something changed.
+    db["memory_state"].create({"id": int, "revision": int}, pk="id", not_null={"revision"})
+    db["memory_state"].insert({"id": 1, "revision": 0})
+    # Which approved answer an answer drew on: served verbatim ('served') or put into the prompt ('prompt').
+    db["messages"].add_column("memory_source", int)
+    db["messages"].add_column("memory_similarity", float)
+    db["messages"].add_column("memory_mode", str)

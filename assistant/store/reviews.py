@@ -158,3 +158,13 @@ def record_import(database: Database, content_hash: str, message_id: int, source
         db["imports"].insert(
             {"content_hash": content_hash, "message_id": message_id, "source": source, "created_at": utcnow()}
         )
+
+
+def current_for(database: Database, message_id: int) -> list[dict]:
+    """`current_reviews` of one answer."""
+    return database.query(
+        """select r.*, u.name as reviewer from reviews r join users u on u.id = r.reviewer_id
+           where r.message_id = ? and not exists (select 1 from reviews n where n.supersedes = r.id)
+           order by r.id""",
+        [message_id],
+    )

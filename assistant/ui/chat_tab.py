@@ -6,6 +6,7 @@ import html
 
 import gradio as gr
 
+from assistant import memory
 from assistant.auth import User
 from assistant.errors import HoneError
 from assistant.feedback import REASONS
@@ -14,13 +15,14 @@ from assistant.store import conversations
 from assistant.ui.common import guard, ui_error
 
 
-def _answer_footer(row: dict) -> str:
+def _answer_footer(row: dict, drew_on: str | None = None) -> str:
     note = row["version"] or "?"
     if row["status"] == "stopped":
         note += " · stopped"
     elif row["status"] in ("error", "interrupted"):
         note += f" · {row['status']}"
-    return f"\n\n<sub>answered by {html.escape(note)} · #{row['id']}</sub>"
+    memory_note = f" · {html.escape(drew_on)}" if drew_on else ""
+    return f"\n\n<sub>answered by {html.escape(note)} · #{row['id']}{memory_note}</sub>"
 
 
 def shown_rows(hone: Hone, conversation_id: int | None) -> list[dict]:
@@ -33,7 +35,11 @@ def shown_rows(hone: Hone, conversation_id: int | None) -> list[dict]:
 def render_history(hone: Hone, conversation_id: int | None) -> list[dict]:
     """The stored conversation as Chatbot messages, each answer tagged with its version."""
     return [
-        {"role": r["role"], "content": r["content"] + (_answer_footer(r) if r["role"] == "assistant" else "")}
+        {
+            "role": r["role"],
+            "content": r["content"]
+            + (_answer_footer(r, memory.describe(hone.database, r)) if r["role"] == "assistant" else ""),
+        }
         for r in shown_rows(hone, conversation_id)
     ]
 
