@@ -47,6 +47,11 @@ def visible_answer(database: Database, user: User, message_id: object) -> dict:
         or (conversation["user_id"] != user.id and not user.has_role("reviewer"))
     ):
         raise NotFound(f"No answer {message_id} that you can see.")
+    if message["status"] == conversations.CLIENT_CONTEXT:
+        raise InvalidRequest(
+            f"Message {message_id} is history the client sent with a request, not an answer Hone gave; "
+            "only the model's answers can be judged."
+        )
     if message["status"] not in JUDGEABLE_STATUSES:
         raise Conflict(f"Answer {message_id} is {message['status']}; only finished answers can be judged.")
     return message

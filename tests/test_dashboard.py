@@ -284,3 +284,52 @@ def test_volume_frame_is_long_form_without_empty_kinds():
         {"period": DAY, "kind": "thumb up", "count": 2},
         {"period": DAY, "kind": "review", "count": 1},
     ]
+
+
+# ---- assistant turns a client wrote into a request's history -----------------------------------------------------
+def client_turn(db, user_id: int, at: str) -> int:
+    """An assistant message as chat requests stored a client's history turn before it was marked: no version,
+    status 'complete'; with a thumbs-up on it. Returns its id."""
+    conversation = (
+        db["conversations"]
+        .insert({"user_id": user_id, "title": "t", "source": "chat", "created_at": at, "updated_at": at})
+        .last_pk
+    )
+    for role in ("user", "assistant"):
+        row = {"conversation_id": conversation, "role": role, "content": f"{role} text", "status": "complete"}
+        message_id = db["messages"].insert({**row, "created_at": at}).last_pk
+    db["feedback"].insert({"message_id": message_id, "user_id": user_id, "thumb": "up", "created_at": at})
+    return message_id
+
+
+def test_an_answer_row_without_a_version_does_not_break_the_dashboard(judged):
+    sam = judged.one("select id from users where name = 'sam'")["id"]
+    with judged.write() as db:
+        client_turn(db, sam, f"{DAY}T09:05:00.000+00:00")
+    board = {"data": [], "votes": 0, "ranked_votes": 0}
+    quality = dashboard.overview(judged, board)["version_quality"]
+    assert {r["version"] for r in quality} == {"base", "v2"}
+    assert sum(r["answers"] for r in quality) == 6  # the five answers and kim's, not the versionless row
+
+
+def test_upgrading_marks_stored_client_turns_as_context_out_of_counts_and_training(tmp_path):
+    import sqlite_utils
+
+    from assistant.store.migrations import migrations
+    from training import examples
+
+    path = tmp_path / "older.db"
+    older = sqlite_utils.Database(path)
+    migrations.apply(older, stop_before="m011_client_history_turns_are_context")
+    older["users"].insert({"name": "sam", "role": "staff", "password_hash": "x", "created_at": f"{DAY}T09:00"})
+    planted = client_turn(older, 1, f"{DAY}T09:05:00.000+00:00")
+    older.conn.commit()
+    older.close()
+
+    database = Database(path)  # applies the pending migration
+    assert database.one("select status, version from messages where id = ?", [planted]) == {
+        "status": "context",
+        "version": None,
+    }
+    assert dashboard.feedback_volume(database) == []
+    assert examples.thumb_labels(database) == [] and examples.build_examples(database)["kto"] == []

@@ -66,8 +66,10 @@ def decide(judgements: list[dict], database: Database) -> Decision:
 def decisions(database: Database) -> dict[int, Decision]:
     """The decision for every answer anyone reviewed, by answer id (ascending)."""
     by_message: dict[int, list[dict]] = defaultdict(list)
+    context = client_context_ids(database)
     for r in reviews.current_reviews(database):
-        by_message[r["message_id"]].append(r)
+        if r["message_id"] not in context:
+            by_message[r["message_id"]].append(r)
     return {message_id: decide(judgements, database) for message_id, judgements in sorted(by_message.items())}
 
 
@@ -127,10 +129,18 @@ def recipe(sft: int, dpo: int, kto: int) -> tuple[str, int]:
     return ("kto", kto) if kto else ("none", 0)
 
 
+def client_context_ids(database: Database) -> set[int]:
+    """Assistant messages a client wrote into a request's history: context only, never training data (older
+    databases may hold judgements of them from before they were marked)."""
+    rows = database.query("select id from messages where status = ?", [conversations.CLIENT_CONTEXT])
+    return {r["id"] for r in rows}
+
+
 def thumb_labels(database: Database) -> list[tuple[int, bool]]:
-    """Majority of each person's latest thumb per answer; ties are left out."""
+    """Majority of each person's latest thumb per answer; ties are left out (and client-written turns)."""
     rows = database.query(
         """select f.message_id, f.thumb from feedback f
+           join messages m on m.id = f.message_id and m.status != 'context'
            where f.thumb is not null and f.id = (
              select max(g.id) from feedback g
              where g.message_id = f.message_id and g.user_id = f.user_id and g.thumb is not null)

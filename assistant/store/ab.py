@@ -53,7 +53,7 @@ def answers(database: Database, first_id: int | None = None, last_id: int | None
         f"""select m.id, m.version, m.latency_ms, m.created_at from messages m
            join conversations c on c.id = m.conversation_id
            where c.source = 'chat' and {_in_scope(first_id)}
-             and m.role = 'assistant' and m.status in ('complete', 'stopped')
+             and m.role = 'assistant' and m.status in ('complete', 'stopped') and m.version is not null
            order by m.id""",
         {"first": first_id, "last": last_id},
     )

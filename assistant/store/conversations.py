@@ -5,6 +5,9 @@ from __future__ import annotations
 from assistant.store.db import Database, utcnow
 
 TITLE_CHARS = 80
+# Status of an assistant message the client wrote into a request's history: context for the model, never
+# an answer Hone gave, so it has no version and is never judged, reviewed, counted or trained on.
+CLIENT_CONTEXT = "context"
 
 
 def get(database: Database, conversation_id: int) -> dict | None:
@@ -27,7 +30,7 @@ def context(database: Database, conversation_id: int, before: int | None = None)
     only those before message id `before`: the prompt that a stored answer was given."""
     return database.query(
         """select * from messages m where conversation_id = ? and id < ?
-           and not (role = 'assistant' and status not in ('complete', 'stopped'))
+           and not (role = 'assistant' and status not in ('complete', 'stopped', 'context'))
            and not exists (select 1 from messages r where r.replaces = m.id and r.id <= ?)
            order by id""",
         [conversation_id, before or 2**62, before or 2**62],
@@ -109,7 +112,8 @@ def start_turn(
         else:
             db["conversations"].update(conversation_id, {"updated_at": now})
         for m in new_messages:
-            _insert_message(db, conversation_id, now, role=m["role"], content=m["content"], status="complete")
+            status = CLIENT_CONTEXT if m["role"] == "assistant" else "complete"
+            _insert_message(db, conversation_id, now, role=m["role"], content=m["content"], status=status)
         answer_id = _insert_answer_slot(db, conversation_id, now, version, temperature, replaces=replaces)
         return conversation_id, answer_id
 

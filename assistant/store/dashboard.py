@@ -6,14 +6,17 @@ from assistant.store.db import Database
 
 # One event per row and kind: a feedback row with a thumb, a rating and reasons is three events.
 # Reviews count a reviewer's or admin's judgement; imported answers ('import' reviews) are no feedback.
+# Judgements of client-written history turns (status 'context', possible in databases from before they were
+# marked) are no feedback on Hone's answers.
+ANSWERS = "message_id not in (select id from messages where status = 'context')"
 EVENTS = {
-    "thumb_up": "select created_at from feedback where thumb = 'up'",
-    "thumb_down": "select created_at from feedback where thumb = 'down'",
-    "rating": "select created_at from feedback where rating is not null",
-    "reasons": "select created_at from feedback where reasons is not null and reasons != '[]'",
-    "comment": "select created_at from feedback where comment is not null",
-    "correction": "select created_at from corrections",
-    "review": "select created_at from reviews where kind in ('review', 'adjudication')",
+    "thumb_up": f"select created_at from feedback where thumb = 'up' and {ANSWERS}",
+    "thumb_down": f"select created_at from feedback where thumb = 'down' and {ANSWERS}",
+    "rating": f"select created_at from feedback where rating is not null and {ANSWERS}",
+    "reasons": f"select created_at from feedback where reasons is not null and reasons != '[]' and {ANSWERS}",
+    "comment": f"select created_at from feedback where comment is not null and {ANSWERS}",
+    "correction": f"select created_at from corrections where {ANSWERS}",
+    "review": f"select created_at from reviews where kind in ('review', 'adjudication') and {ANSWERS}",
 }
 
 

@@ -399,3 +399,15 @@ def m009_correction_memory(db: sqlite_utils.Database) -> None:
     db["messages"].add_column("memory_source", int)
     db["messages"].add_column("memory_similarity", float)
     db["messages"].add_column("memory_mode", str)
+
+
+@migrations()
+def m011_client_history_turns_are_context(db: sqlite_utils.Database) -> None:
+    # Assistant turns a client wrote into a chat request's history were stored like answers (status 'complete',
+    # no version) and could be judged and trained on. They are context only: status 'context' (see
+    # assistant/store/conversations.py CLIENT_CONTEXT). Every answer Hone generates names its version.
+    db.execute(
+        """update messages set status = 'context'
+           where role = 'assistant' and version is null and status = 'complete'
+             and conversation_id in (select id from conversations where source = 'chat')"""
+    )
