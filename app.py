@@ -12,15 +12,18 @@ from pathlib import Path
 import gradio as gr
 import uvicorn
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from assistant import backup, webhooks
+from assistant.account_api import build_account_api
 from assistant.api import build_api
 from assistant.auth import authenticate
 from assistant.config import Settings, get_settings
 from assistant.engine import BaseEngine
+from assistant.errors import HoneError
 from assistant.services import Hone, build
 from assistant.ui import HEAD, build_ui
-from assistant.web import BodyLimit, JsonText, install_error_handlers, install_login
+from assistant.web import BodyLimit, JsonText, OriginCheck, install_error_handlers, install_login
 from training import schedule
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # gradio reads it when it would call home
@@ -33,8 +36,15 @@ def create_app(settings: Settings | None = None, engine: BaseEngine | None = Non
     install_error_handlers(app)
     install_login(app, hone)
     app.include_router(build_api(hone))
+    app.include_router(build_account_api(hone))
     app.add_middleware(JsonText)  # inside BodyLimit: sees only bodies within the limit
     app.add_middleware(BodyLimit, max_bytes=hone.settings.max_body_bytes)
+    app.add_middleware(OriginCheck, allowed_origins=hone.settings.allowed_origins)  # before any body is read
+    # Our own CORS policy, so Gradio adds none: its own reflects any localhost origin (and, on other hosts, any
+    # origin) with credentials allowed. Here only the configured origins may read answers cross-origin.
+    allowed = hone.settings.allowed_origins
+    app.add_middleware(CORSMiddleware, allow_origins=allowed, allow_credentials=bool(allowed), allow_methods=["*"],
+                       allow_headers=["*"])  # fmt: skip
     if hone.settings.retrain_min_new_items or hone.settings.retrain_every_hours:
         app.state.scheduler = schedule.scheduler(hone.database, hone.settings).start()
     if hone.settings.backup_every_hours:
@@ -43,12 +53,17 @@ def create_app(settings: Settings | None = None, engine: BaseEngine | None = Non
         app.state.webhooks = webhooks.scheduler(hone.database, hone.settings).start()
 
     def ui_user(request) -> str | None:
-        user = authenticate(hone.database, hone.sessions, request.headers, request.cookies)
+        try:
+            user = authenticate(hone.database, hone.sessions, request.headers, request.cookies)
+        except HoneError:  # an expired API key: refused like any other bad credential
+            return None
         return user.name if user else None
 
-    return gr.mount_gradio_app(
-        app, build_ui(hone), path="/", auth_dependency=ui_user, head=HEAD, **hardening(hone.settings)
-    )
+    blocks = build_ui(hone)
+    # bounded: past ui_queue_size waiting events the UI answers "busy" rather than queueing without end
+    blocks.queue(default_concurrency_limit=hone.settings.ui_concurrency, max_size=hone.settings.ui_queue_size)
+    blocks.delete_cache = (3600, 3600)  # hourly, delete uploads and downloads older than an hour
+    return gr.mount_gradio_app(app, blocks, path="/", auth_dependency=ui_user, head=HEAD, **hardening(hone.settings))
 
 
 def hardening(settings: Settings) -> dict:
@@ -63,6 +78,11 @@ def hardening(settings: Settings) -> dict:
         "mcp_server": False,
         "ssr_mode": False,
         "pwa": False,
+        # No run history (it keeps every call's inputs and outputs in the browser, and can send them to a
+        # Hugging Face bucket), and no "Use via API" link: the footer is the same for every user, so it is hidden
+        # for all; admins find the API at /docs and /openapi.json (README).
+        "run_history": False,
+        "footer_links": ["gradio", "settings"],
     }
 
 

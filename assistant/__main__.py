@@ -6,6 +6,8 @@ python -m assistant users set-role NAME ROLE
 python -m assistant users disable NAME
 python -m assistant users enable NAME
 python -m assistant users erase NAME --reason TEXT [--json]
+python -m assistant users set-password NAME [--password PW] [--json]   # admin reset; ends their sessions
+python -m assistant users rotate-key NAME [--days N] [--json]   # revoke their API keys, print a new one
 python -m assistant seed-demo [--json]      demo users, the MedQuAD Q&A, a few judged chats
 python -m assistant import-qa FILE.jsonl [--as ADMIN] [--json]   # Q&A pairs as approved reviewer answers
 python -m assistant prepare-model        # convert the bundled model once (setup does this)
@@ -48,6 +50,15 @@ def make_parser() -> argparse.ArgumentParser:
     for action in ("disable", "enable"):
         p = user_commands.add_parser(action, help=f"{action} a user (disable also revokes their API keys)")
         p.add_argument("name")
+    reset = user_commands.add_parser("set-password", help="reset a user's password (ends their browser sessions)")
+    reset.add_argument("name")
+    reset.add_argument("--password", help="set this password instead of generating one")
+    reset.add_argument("--json", action="store_true")
+    rotate = user_commands.add_parser("rotate-key", help="revoke a user's API keys at once and print a new one")
+    rotate.add_argument("name")
+    rotate.add_argument("--days", type=float, help="the new key expires after this many days; 0: never "
+                        "(default: ASSISTANT_API_KEY_DAYS)")  # fmt: skip
+    rotate.add_argument("--json", action="store_true")
     erase = user_commands.add_parser("erase", help="delete a user's chats and judgements")
     erase.add_argument("name")
     erase.add_argument("--reason", required=True, help="why (recorded with the erasure)")
@@ -82,13 +93,15 @@ def prepare_model(settings) -> str:
 
     model_dir = resolve_base_model(settings)
     if settings.engine != "transformers":
-        llama_gguf(settings, model_dir)  # where there is none, the server says why when it starts
+        llama_gguf(settings, model_dir, print)  # where there is none, the server says why when it starts
     return model_dir
 
 
-def run_users(args: argparse.Namespace, database: Database) -> None:
+def run_users(args: argparse.Namespace, database: Database, settings) -> None:
     if args.action == "add":
-        created = auth.create_user(database, args.name, args.role, password=args.password)
+        created = auth.create_user(
+            database, args.name, args.role, password=args.password, key_days=settings.api_key_days
+        )
         shown = {k: created[k] for k in ("name", "role", "password", "api_key")}
         if args.json:
             print(json.dumps(shown))
@@ -108,6 +121,21 @@ def run_users(args: argparse.Namespace, database: Database) -> None:
     elif args.action == "set-role":
         auth.set_role(database, args.name, args.role)
         print(f"{args.name} is now {args.role}")
+    elif args.action == "set-password":
+        password = args.password or auth.new_password()
+        auth.set_password(database, args.name, password)
+        if args.json:
+            print(json.dumps({"name": args.name, "password": password}))
+        else:
+            print(f"{args.name}'s new password: {password}  (shown once; their browser sessions have ended)")
+    elif args.action == "rotate-key":
+        days = settings.api_key_days if args.days is None else args.days
+        rotated = auth.rotate_api_key(database, args.name, days)
+        if args.json:
+            print(json.dumps({k: rotated[k] for k in ("name", "api_key", "expires_at")}))
+        else:
+            print(f"{args.name}'s new API key: {rotated['api_key']}  (shown once)")
+            print(f"  expires: {rotated['expires_at'] or 'never'}; {rotated['revoked']} old key(s) revoked")
     elif args.action == "erase":
         result = erase_user(database, auth.acting_admin(database, args.admin), args.name, args.reason)
         if args.json:
@@ -119,10 +147,12 @@ def run_users(args: argparse.Namespace, database: Database) -> None:
         print(f"{args.name} {args.action}d")
 
 
-def run_import(args: argparse.Namespace, database: Database, max_chars: int) -> None:
-    created = auth.ensure_first_admin(database, None)
+def run_import(args: argparse.Namespace, database: Database, settings) -> None:
+    max_chars = settings.max_message_chars
+    created = auth.ensure_first_admin(database, settings.admin_password, settings.api_key_days)
     if created is not None:
-        print(f"created user 'admin' (password {created['password']}, shown once)", file=sys.stderr)
+        where = auth.write_initial_admin(settings.home, created, password_from_env=bool(settings.admin_password))
+        print(f"created user 'admin'; its password and API key are in {where}", file=sys.stderr)
     admin = auth.acting_admin(database, args.admin)
     try:
         with open(args.file, encoding="utf-8") as lines:
@@ -199,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command in ("backup", "backups", "restore"):
             run_backup(args, settings)
         elif args.command == "import-qa":
-            run_import(args, Database.for_settings(settings), settings.max_message_chars)
+            run_import(args, Database.for_settings(settings), settings)
         else:
-            run_users(args, Database.for_settings(settings))
+            run_users(args, Database.for_settings(settings), settings)
     except (HoneError, ModelFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -250,8 +250,11 @@ def build_api(hone: Hone) -> APIRouter:
 
     @router.post("/v1/users", tags=["users"], status_code=201)
     def add_user(body: NewUser, admin: Admin) -> dict:
-        created = auth.create_user(hone.database, body.name, body.role, password=body.password, actor=admin.name)
-        return {k: created[k] for k in ("id", "name", "role", "password", "api_key")}
+        created = auth.create_user(
+            hone.database, body.name, body.role, password=body.password, actor=admin.name,
+            key_days=hone.settings.api_key_days,
+        )  # fmt: skip
+        return {k: created[k] for k in ("id", "name", "role", "password", "api_key", "api_key_expires_at")}
 
     @router.patch("/v1/users/{name}", tags=["users"])
     def change_user(name: str, body: UserChange, admin: Admin) -> dict:

@@ -8,13 +8,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from assistant import memory
 from assistant.auth import User
 from assistant.config import Settings
 from assistant.engine import BASE_VERSION, BaseEngine, Generation, SamplingParams
-from assistant.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from assistant.errors import Conflict, Forbidden, InvalidRequest, NotFound, RateLimited, TooLarge
 from assistant.routing import choose_version
 from assistant.store import Database, audit, conversations, versions
 
@@ -63,6 +65,7 @@ class ChatService:
         self.engine = engine
         self.settings = settings
         self._active: dict[int, Turn] = {}  # answer id -> running turn, for Stop
+        self._in_flight: dict[int, list[threading.Event]] = {}  # user id -> their answers' done events
         self._lock = threading.Lock()
         self.memory = memory.MemoryIndex(database)
 
@@ -146,9 +149,19 @@ class ChatService:
         route = choose_version(self.database, model, conversation)
         history = [] if conversation is None else self._history(conversation["id"])
         recall = self.recall(new_messages[-1]["content"], use_memory)
-        return self._launch(
-            user, conversation_id, history, new_messages, route.version, params, ab_test=route.ab_test, recall=recall
-        )
+        with self._admission(user, conversation_id, len(new_messages) + 1) as admitted:
+            return admitted(
+                self._launch(
+                    user,
+                    conversation_id,
+                    history,
+                    new_messages,
+                    route.version,
+                    params,
+                    ab_test=route.ab_test,
+                    recall=recall,
+                )
+            )
 
     def recall(self, question: str, use_memory: bool | None = None, allow_serve: bool = True) -> memory.Recall | None:
         """The approved answer this question should draw on, if memory is on and one is close enough."""
@@ -168,7 +181,43 @@ class ChatService:
         route = choose_version(self.database, "current", conversation)
         # asked again: the model answers (informed by memory), rather than the same approved text once more
         recall = self.recall(history[-1]["content"], allow_serve=False)
-        return self._launch(user, conversation_id, history, [], route.version, params, replaces=replaces, recall=recall)
+        with self._admission(user, conversation_id, 1) as admitted:
+            return admitted(
+                self._launch(
+                    user, conversation_id, history, [], route.version, params, replaces=replaces, recall=recall
+                )
+            )
+
+    @contextmanager
+    def _admission(self, user: User, conversation_id: int | None, adding: int) -> Iterator[Callable[[Turn], Turn]]:
+        """Refuse a turn that would store more than max_conversation_messages in its conversation (413), or give
+        the user more than max_user_generations answers in flight (429). Nothing is stored when refused. The
+        slot taken here is held by the answer until it ends, or freed at once if launching it fails."""
+        cap = self.settings.max_conversation_messages
+        stored = 0 if conversation_id is None else conversations.count_messages(self.database, conversation_id)
+        if stored + adding > cap:
+            raise TooLarge(
+                f"This conversation would hold {stored + adding} messages; the limit is {cap}. "
+                "Start a new conversation."
+            )
+        limit, slot, launched = self.settings.max_user_generations, threading.Event(), []
+        with self._lock:
+            running = [done for done in self._in_flight.get(user.id, []) if not done.is_set()]
+            if len(running) >= limit:
+                raise RateLimited(
+                    f"You have {len(running)} answers in progress; the limit is {limit} at a time. "
+                    "Wait for one to finish (or stop one) and try again.",
+                    retry_after=2,
+                )
+            self._in_flight[user.id] = [*running, slot]
+        try:
+            yield lambda turn: launched.append(turn) or turn
+        finally:
+            with self._lock:
+                held = [done for done in self._in_flight.pop(user.id, []) if done is not slot]
+                held += [turn.generation.done for turn in launched]
+                if held:
+                    self._in_flight[user.id] = held
 
     def _history(self, conversation_id: int) -> list[dict]:
         return conversations.context(self.database, conversation_id)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = "bundled"
+ORIGIN = re.compile(r"https?://[^/\s?#]+")
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are Hone, a careful assistant for the staff of this organisation. "
@@ -142,7 +145,31 @@ class Settings(BaseSettings):
     session_hours: float = Field(12.0, gt=0, description="browser sessions expire after this")
     secure_cookies: bool = Field(False, description="set Secure on cookies (serve over TLS)")
     login_max_failures: int = Field(5, ge=1, description="failed logins before a lockout")
-    login_lockout_seconds: int = Field(300, ge=1)
+    login_lockout_seconds: int = Field(300, ge=1, description="how long one name at one address stays locked out")
+    api_key_days: float = Field(0, ge=0, le=3650, description="API keys expire this many days after issue (0: never)")
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="other origins (scheme://host[:port], comma-separated) whose pages may make cookie-signed "
+        "POSTs and read answers cross-origin; the server's own origin is always allowed",
+    )
+    max_user_generations: int = Field(4, ge=1, description="answers one user may have in flight; the next gets 429")
+    max_conversation_messages: int = Field(
+        400, ge=2, description="messages stored per conversation; a turn beyond it gets 413 (start a new one)"
+    )
+    ui_concurrency: int = Field(8, ge=1, description="UI events of one kind (e.g. chat) that run at once")
+    ui_queue_size: int = Field(64, ge=1, description="UI events waiting to run before the UI says it is busy")
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for origin in value:
+                if not isinstance(origin, str) or not ORIGIN.fullmatch(origin):
+                    raise ValueError(f"{origin!r} is not an origin: use scheme://host[:port], no path")
+            return [origin.lower() for origin in value]
+        return value
 
     webhook_url: str | None = Field(
         None,

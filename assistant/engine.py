@@ -117,6 +117,23 @@ class _QueueStreamer(TextStreamer):
             self.generation._queue.put(text)
 
 
+def _drop_points(turn_count: int) -> list[int]:
+    """Where the kept turns may start after the whole history did not fit, in the order encode_chat tries them:
+    the oldest question and answer go first, then (with two or fewer left) one message at a time, down to the
+    newest alone. None for a single turn: there is nothing to drop."""
+    starts, start = [], 0
+    while turn_count - start > 1:
+        start += 2 if turn_count - start > 2 else 1
+        starts.append(start)
+    return starts
+
+
+def _too_long(ids: torch.Tensor, max_prompt_tokens: int) -> InvalidRequest:
+    return InvalidRequest(
+        f"The message is too long for the model's context ({ids.shape[1]} tokens; the limit is {max_prompt_tokens})."
+    )
+
+
 class BaseEngine:
     """What every engine shares: the HF tokenizer (prompts are tokenized the same way whatever runs the model),
     the version list, the bounded request queue and the end-of-request bookkeeping."""
@@ -155,21 +172,56 @@ class BaseEngine:
 
     # ---- prompts --------------------------------------------------------------------------------
     def encode_chat(self, messages: list[dict], max_prompt_tokens: int) -> torch.Tensor:
-        """Apply the chat template; drop the oldest turns (never the system prompt) to fit the budget."""
+        """Apply the chat template; drop the oldest turns (never the system prompt) to fit the budget: a question
+        and its answer at a time, the last one or two singly.
+
+        Linear in the history (it used to template and tokenize the whole history again for every pair dropped):
+        each turn is templated once and all are tokenized in one call for their costs, the first start that fits
+        is found by cumulative counts, and only that prompt is built again, and checked. Where a template's turns
+        do not simply add up, it moves on (or back) one start at a time until the real prompt fits."""
         system = [m for m in messages if m["role"] == "system"][:1]
         turns = [m for m in messages if m["role"] != "system"]
-        while True:
-            ids = self.tokenizer.apply_chat_template(
-                system + turns, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )["input_ids"]
-            if ids.shape[1] <= max_prompt_tokens:
-                return ids
-            if len(turns) <= 1:
-                raise InvalidRequest(
-                    f"The message is too long for the model's context ({ids.shape[1]} tokens; "
-                    f"the limit is {max_prompt_tokens})."
-                )
-            turns = turns[2:] if len(turns) > 2 else turns[1:]
+        ids = self._chat_ids(system + turns)
+        if ids.shape[1] <= max_prompt_tokens:
+            return ids
+        starts = _drop_points(len(turns))
+        if not starts:
+            raise _too_long(ids, max_prompt_tokens)
+        head, *costs = self._turn_costs(system, turns)
+        after = [0] * (len(turns) + 1)  # after[i]: the tokens of turns[i:]
+        for i in range(len(turns) - 1, -1, -1):
+            after[i] = after[i + 1] + costs[i]
+        j = next((i for i, start in enumerate(starts) if head + after[start] <= max_prompt_tokens), len(starts) - 1)
+        ids = self._chat_ids(system + turns[starts[j] :])
+        while ids.shape[1] > max_prompt_tokens and j + 1 < len(starts):  # counted too few: drop on
+            j += 1
+            ids = self._chat_ids(system + turns[starts[j] :])
+        if ids.shape[1] > max_prompt_tokens:
+            raise _too_long(ids, max_prompt_tokens)
+        while j > 0:  # counted too many? keep as much history as fits
+            earlier = self._chat_ids(system + turns[starts[j - 1] :])
+            if earlier.shape[1] > max_prompt_tokens:
+                break
+            j, ids = j - 1, earlier
+        return ids
+
+    def _chat_ids(self, messages: list[dict]) -> torch.Tensor:
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
+
+    def _turn_costs(self, system: list[dict], turns: list[dict]) -> list[int]:
+        """[tokens of the system prompt and the generation prompt, then each turn's own tokens]: every text is
+        templated alone and all are tokenized in one call."""
+        template = self.tokenizer.apply_chat_template
+        texts = [template(system, add_generation_prompt=True, tokenize=False)] if system else []
+        texts += [template(system, tokenize=False) if system else ""]
+        texts += [template(system + [turn], tokenize=False) for turn in turns]
+        counts = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        if not system:
+            counts = [0, *counts]  # the template's own default system prompt, if any, counts in each turn
+        head, bare, *each = counts
+        return [head, *(n - bare for n in each)]
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

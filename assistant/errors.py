@@ -45,6 +45,10 @@ class RateLimited(HoneError):
     status = 429
     type = "rate_limit_error"
 
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds, sent as Retry-After
+
 
 class BackendUnavailable(HoneError):
     """A system Hone relies on (the external serving backend, a training cluster) failed or could not be reached."""

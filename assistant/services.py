@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from assistant.ab import ABService
-from assistant.auth import LoginThrottle, Sessions, ensure_first_admin, load_or_create_secret
+from assistant.auth import LoginThrottle, Sessions, ensure_first_admin, load_or_create_secret, write_initial_admin
 from assistant.chat import ChatService
 from assistant.compare import CompareService
 from assistant.config import Settings
@@ -39,13 +39,13 @@ def build(settings: Settings, engine: BaseEngine | None = None, announce=print) 
     interrupted = conversations.mark_interrupted(database)
     if interrupted:
         log.warning("%d answers were cut off by a previous shutdown", interrupted)
-    admin = ensure_first_admin(database, settings.admin_password)
-    if admin is not None:
-        shown = "(from ASSISTANT_ADMIN_PASSWORD)" if settings.admin_password else admin["password"]
+    admin = ensure_first_admin(database, settings.admin_password, settings.api_key_days)
+    if admin is not None:  # secrets go to a 0600 file, not to stdout (which logs and terminals keep)
+        where = write_initial_admin(settings.home, admin, password_from_env=bool(settings.admin_password))
         announce(
             "\n[hone] First start: created user 'admin'.\n"
-            f"[hone]   password: {shown}   (shown once; change it by creating a new admin)\n"
-            f"[hone]   API key:  {admin['api_key']}\n"
+            f"[hone]   its password and API key are in {where} (readable by you only).\n"
+            "[hone]   Sign in, change the password (Account tab), then delete that file.\n"
         )
     if engine is None:
         engine = make_engine(settings, resolve_base_model(settings, announce), announce)

@@ -1,4 +1,5 @@
-"""Browser login and the HTTP plumbing around the API: error shape, body limit, JSON text check, login redirect."""
+"""Browser login and the HTTP plumbing around the API: error shape, body limit, JSON text check, login redirect,
+and the cross-site (CSRF) check on cookie-signed writes."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ import html
 import json
 import re
 import sqlite3
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Form, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from assistant.auth import SESSION_COOKIE, authenticate
+from assistant.auth import SESSION_COOKIE, LoginThrottle, authenticate
 from assistant.errors import HoneError
 from assistant.services import Hone
 
@@ -46,6 +50,8 @@ def install_error_handlers(app: FastAPI) -> None:
         response = error_json(exc.status, exc.message, exc.type)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
+        if getattr(exc, "retry_after", None):
+            response.headers["Retry-After"] = str(exc.retry_after)
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -183,9 +189,11 @@ def _unicode_json(body: bytes) -> bool:
     return True
 
 
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
 def install_login(app: FastAPI, hone: Hone) -> None:
-    def client_key(request: Request) -> str:
-        return "ip:" + (request.client.host if request.client else "?")
 
     @app.get("/login", include_in_schema=False)
     def login_form() -> HTMLResponse:
@@ -193,16 +201,18 @@ def install_login(app: FastAPI, hone: Hone) -> None:
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request, username: str = Form(""), password: str = Form("")) -> Response:
-        keys = ("user:" + username, client_key(request))
+        key = LoginThrottle.key(username, client_address(request))
         try:
-            hone.throttle.check(*keys)
+            hone.throttle.check(key)
             user, cookie = await run_in_threadpool(hone.sessions.login, username, password)
         except HoneError as exc:
             if exc.status == 401:
-                hone.throttle.failed(*keys)
+                hone.throttle.failed(key)
             page = LOGIN_PAGE.format(error=f'<p class="error" role="alert">{html.escape(exc.message)}</p>')
-            return HTMLResponse(page, status_code=exc.status)
-        hone.throttle.succeeded(*keys)
+            retry_after = getattr(exc, "retry_after", None)
+            headers = {"Retry-After": str(retry_after)} if retry_after else None
+            return HTMLResponse(page, status_code=exc.status, headers=headers)
+        hone.throttle.succeeded(key)
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(
             SESSION_COOKIE,
@@ -237,8 +247,59 @@ class LoginRedirect:
         if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == "/":
             request = Request(scope)
             hone = self.hone
-            user = await run_in_threadpool(authenticate, hone.database, hone.sessions, request.headers, request.cookies)
+            try:
+                user = await run_in_threadpool(
+                    authenticate, hone.database, hone.sessions, request.headers, request.cookies
+                )
+            except HoneError:  # e.g. an expired API key: the browser signs in instead
+                user = None
             if user is None:
                 await RedirectResponse("/login", status_code=303)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class OriginCheck:
+    """CSRF: a write that the session cookie signs must come from a page of this server (or of an allowed origin).
+
+    SameSite=Lax alone lets pages of a sibling site, e.g. another port on localhost, post with the cookie, and
+    Gradio's own endpoints (/gradio_api/queue/join, /gradio_api/upload) act on it too. Browsers send Origin on
+    every POST (Referer where an old one does not), so a cookie-signed POST/PUT/PATCH/DELETE without either, or
+    from another origin, is refused with 403. Requests with a Bearer key are not at risk (a page cannot make the
+    browser add one), nor are those with no session cookie (they are anonymous). Plain ASGI, like the others."""
+
+    def __init__(self, app: ASGIApp, allowed_origins: list[str]) -> None:
+        self.app = app
+        self.allowed = {o.lower().rstrip("/") for o in allowed_origins}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in UNSAFE_METHODS:
+            problem = self.problem(scope)
+            if problem is not None:
+                return await error_json(403, problem, "permission_error")(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    def problem(self, scope: Scope) -> str | None:
+        headers = Headers(scope=scope)
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return None
+        if SESSION_COOKIE not in cookie_parser(headers.get("cookie", "")):
+            return None
+        origin = headers.get("origin")
+        if origin is None and headers.get("referer"):
+            parts = urlsplit(headers["referer"])
+            origin = f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else "null"
+        if origin is None:
+            return "Refused: a request signed by the session cookie must say where it comes from (Origin header)."
+        origin = origin.lower().rstrip("/")
+        own = f"{scope.get('scheme', 'http')}://{headers.get('host', '')}".lower()
+        if origin == own or origin in self.allowed:
+            return None
+        return (
+            f"Refused: a cross-site request from {origin} signed by the session cookie. "
+            "Add the origin to ASSISTANT_ALLOWED_ORIGINS if it is yours, or call the API with a Bearer key."
+        )

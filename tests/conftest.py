@@ -233,13 +233,15 @@ def tiny_server(tmp_path_factory, tiny_model_dir, tiny_engine):
 
 
 def ui_client(url: str, name: str, password: str):
-    """A gradio_client signed in through the login form, as a browser would be."""
+    """A gradio_client signed in through the login form, as a browser would be (which sends its Origin with
+    every POST: the server refuses cookie-signed writes without one)."""
     import httpx
     from gradio_client import Client
 
     login = httpx.post(url + "/login", data={"username": name, "password": password})
     assert login.status_code == 303, login.text
-    return Client(url + "/", headers={"Cookie": f"hone_session={login.cookies['hone_session']}"}, verbose=False)
+    headers = {"Cookie": f"hone_session={login.cookies['hone_session']}", "Origin": url}
+    return Client(url + "/", headers=headers, verbose=False)
 
 
 def run_threads(target, count: int) -> None:

@@ -73,7 +73,11 @@ def test_gradio_client_logs_in_and_chats(bundled_server, staff):
     login = httpx.post(bundled_server.url + "/login", data={"username": staff["name"], "password": staff["password"]})
     assert login.status_code == 303
     cookie = login.cookies["hone_session"]
-    client = Client(bundled_server.url + "/", headers={"Cookie": f"hone_session={cookie}"}, verbose=False)
+    client = Client(
+        bundled_server.url + "/",
+        headers={"Cookie": f"hone_session={cookie}", "Origin": bundled_server.url},
+        verbose=False,
+    )
 
     whoami, _ = client.predict(api_name="/whoami")
     assert staff["name"] in whoami

@@ -55,6 +55,8 @@ ROUTE_ROLES: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/conversations"): "staff",
     ("GET", "/v1/conversations/{conversation_id}"): "staff",
     ("GET", "/v1/me"): "staff",
+    ("POST", "/v1/me/password"): "staff",
+    ("POST", "/v1/me/api-key"): "staff",
     ("POST", "/v1/feedback"): "staff",
     # users and audit
     ("GET", "/v1/users"): "admin",
@@ -122,6 +124,10 @@ REQUESTS: dict[tuple[str, str], dict] = {
     # another's (or no) answer: stopping one that is not yours is a 403 of its own, not the role check's
     ("POST", "/v1/chat/completions/{message_id}/stop"): {"path": {"message_id": MISSING}, "expect": 404},
     ("POST", "/v1/feedback"): {"json": {"message_id": "{answer}", "thumb": "up"}},
+    # refused after the role check (a wrong current password, a negative expiry): the callers' secrets stay as
+    # they are for the calls after these
+    ("POST", "/v1/me/password"): {"json": {"current": "not-the-password", "new": "a-new-password"}, "expect": 400},
+    ("POST", "/v1/me/api-key"): {"json": {"expires_days": -1}, "expect": 400},
     ("POST", "/v1/users"): {"json": {"name": "r-created", "role": "staff"}, "expect": 201},
     ("PATCH", "/v1/users/{name}"): {"json": {"role": "reviewer"}, "expect": 200},
     ("POST", "/v1/users/{name}/erase"): {"path": {"name": "r-erase"}, "json": {"reason": "roles test"}, "expect": 200},
@@ -186,6 +192,8 @@ GRADIO_ROLES: dict[str, str] = {
     "disable_user": "admin",
     "enable_user": "admin",
     "erase_user": "admin",
+    "change_password": "staff",
+    "rotate_api_key": "staff",
     "private:send": "staff",  # the Send button (the Enter key is the public /chat)
     "private:thumb_from_chat": "staff",
     "private:replot": "admin",
@@ -239,6 +247,9 @@ GRADIO_CALLS: dict[str, dict] = {
     "disable_user": {"args": ("r-ui-target", "staff"), "ok": True},
     "enable_user": {"args": ("r-ui-target", "staff"), "ok": True},
     "erase_user": {"args": ("r-ui-erase", "roles test"), "ok": True},
+    # a wrong password: refused by the handler itself, so the callers' secrets stay as they are
+    "change_password": {"args": ("not-the-password", "a-new-password", "a-new-password")},
+    "rotate_api_key": {"args": ("not-the-password", 0)},
     "private:send": {"data": ["Hello?", None, 0.0, 16], "ok": True},
     "private:thumb_from_chat": {
         "data": [None],
@@ -474,7 +485,10 @@ def test_private_handlers_are_not_offered_but_still_guarded(tiny_server, world, 
     /gradio_api/call/<its auto name>. So its guard is what protects it: checked for every role in
     test_every_gradio_handler_as_every_caller, and here by name."""
     admin = ui_client(tiny_server.url, "r-admin", "r-admin-password")
-    staff = {"Cookie": ui_client(tiny_server.url, "r-staff", "r-staff-password").headers["Cookie"]}
+    staff = {
+        "Cookie": ui_client(tiny_server.url, "r-staff", "r-staff-password").headers["Cookie"],
+        "Origin": tiny_server.url,
+    }
     for key, fn in python_handlers(blocks).items():
         if not key.startswith("private:"):
             continue
@@ -568,7 +582,7 @@ def test_disabling_a_user_refuses_their_key_session_and_ui_at_once(tiny_server, 
     url, admin = tiny_server.url, world["headers"]["admin"]
     leaver = tiny_server.add_user("r-leaver", "staff")
     key = {"Authorization": f"Bearer {leaver['api_key']}"}
-    cookie = {"Cookie": f"{auth.SESSION_COOKIE}={login_cookie(url, 'r-leaver', 'r-leaver-password')}"}
+    cookie = {"Cookie": f"{auth.SESSION_COOKIE}={login_cookie(url, 'r-leaver', 'r-leaver-password')}", "Origin": url}
     client = ui_client(url, "r-leaver", "r-leaver-password")
     whoami = whoami_fn(blocks)
 
@@ -629,7 +643,7 @@ def test_a_revoked_key_and_a_logged_out_session_are_refused_at_once(tiny_server,
     fresh = {"Authorization": f"Bearer {auth.issue_api_key(database, holder['id'])}"}
     assert httpx.get(url + "/v1/me", headers=fresh).json()["name"] == "r-holder"
 
-    cookie = {"Cookie": f"{auth.SESSION_COOKIE}={login_cookie(url, 'r-holder', 'r-holder-password')}"}
+    cookie = {"Cookie": f"{auth.SESSION_COOKIE}={login_cookie(url, 'r-holder', 'r-holder-password')}", "Origin": url}
     assert httpx.get(url + "/v1/me", headers=cookie).status_code == 200
     out = httpx.post(url + "/logout", headers=cookie)
     assert out.status_code == 303 and 'hone_session=""' in out.headers["set-cookie"]

@@ -43,6 +43,11 @@ def prompt_for(database: Database, answer: dict) -> list[dict]:
     return [{"role": r["role"], "content": r["content"]} for r in rows]
 
 
+def count_messages(database: Database, conversation_id: int) -> int:
+    """Every stored message of the conversation, replaced and failed answers included (they take room too)."""
+    return database.one("select count(*) as n from messages where conversation_id = ?", [conversation_id])["n"]
+
+
 def message(database: Database, message_id: int) -> dict | None:
     return database.one("select * from messages where id = ?", [message_id])
 

@@ -411,3 +411,9 @@ def m011_client_history_turns_are_context(db: sqlite_utils.Database) -> None:
            where role = 'assistant' and version is null and status = 'complete'
              and conversation_id in (select id from conversations where source = 'chat')"""
     )
+
+
+@migrations()
+def m013_api_key_expiry(db: sqlite_utils.Database) -> None:
+    # When a key stops working (ISO time, UTC; null: never). Set from ASSISTANT_API_KEY_DAYS or per rotation.
+    db["api_keys"].add_column("expires_at", str)

@@ -37,17 +37,24 @@ def update(database: Database, user_id: int, **fields: object) -> None:
         db["users"].update(user_id, {**fields, "updated_at": utcnow()})
 
 
-def add_api_key(database: Database, user_id: int, key_hash: str, prefix: str) -> int:
+def add_api_key(database: Database, user_id: int, key_hash: str, prefix: str, expires_at: str | None = None) -> int:
     with database.write() as db:
         table = db["api_keys"].insert(
-            {"user_id": user_id, "key_hash": key_hash, "prefix": prefix, "created_at": utcnow()}
+            {
+                "user_id": user_id,
+                "key_hash": key_hash,
+                "prefix": prefix,
+                "created_at": utcnow(),
+                "expires_at": expires_at,
+            }
         )
         return table.last_pk
 
 
 def user_for_key_hash(database: Database, key_hash: str) -> dict | None:
+    """The key's user, with the key's expiry as `key_expires_at` (null: never)."""
     return database.one(
-        """select users.* from api_keys join users on users.id = api_keys.user_id
+        """select users.*, api_keys.expires_at as key_expires_at from api_keys join users on users.id = api_keys.user_id
            where api_keys.key_hash = ? and api_keys.revoked_at is null""",
         [key_hash],
     )
@@ -73,6 +80,16 @@ def user_for_session(database: Database, session_id: str, now: str) -> dict | No
            where sessions.id = ? and sessions.revoked_at is null and sessions.expires_at > ?""",
         [session_id, now],
     )
+
+
+def revoke_sessions(database: Database, user_id: int, keep: str | None = None) -> int:
+    """End every open session of the user but `keep` (after a password change: other browsers sign in again)."""
+    with database.write() as db:
+        cursor = db.execute(
+            "update sessions set revoked_at = ? where user_id = ? and revoked_at is null and id != ?",
+            [utcnow(), user_id, keep or ""],
+        )
+        return cursor.rowcount
 
 
 def revoke_session(database: Database, session_id: str) -> None:

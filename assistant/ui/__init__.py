@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from assistant.services import Hone
+from assistant.ui.account_tab import build_account_tab
 from assistant.ui.admin_tab import build_admin_tab
 from assistant.ui.chat_tab import build_chat_tab
 from assistant.ui.common import guard
@@ -25,6 +26,7 @@ def build_ui(hone: Hone) -> gr.Blocks:
             review_tab = build_review_tab(hone)
             compare_tab = build_compare_tab(hone)
             admin_tab = build_admin_tab(hone)
+            build_account_tab(hone)
         role_tabs = [(review_tab, "reviewer"), (compare_tab, "reviewer"), (admin_tab, "admin")]
 
         def on_load(request: gr.Request):

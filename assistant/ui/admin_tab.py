@@ -18,7 +18,7 @@ from assistant.importer import import_qa
 from assistant.services import Hone
 from assistant.store import audit, users, versions
 from assistant.ui.ab_section import build_ab_accordion
-from assistant.ui.common import guard, ui_error
+from assistant.ui.common import discard_upload, guard, ui_error
 from assistant.ui.dashboard_section import build_dashboard_accordion
 from assistant.ui.render import counts_line, review_item, run_status
 from assistant.ui.review_tab import VERDICT_LABELS
@@ -149,6 +149,8 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
                 report = import_qa(hone.database, admin, lines, Path(path).name, hone.settings.max_message_chars)
         except UnicodeDecodeError as exc:
             raise gr.Error("The file is not UTF-8 text.") from exc
+        finally:
+            discard_upload(path)  # what it held is in the database now (or was refused): no copy left in the cache
         return report, counts_line(examples.counts(hone.database))
 
     def export_zip(request: gr.Request, write) -> str:

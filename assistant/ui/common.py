@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from assistant.auth import User, authenticate, require_role
 from assistant.errors import HoneError
@@ -27,6 +30,19 @@ def guard(hone: Hone, request: gr.Request | None, role: str) -> User:
         return require_role(request_user(hone, request), role)
     except HoneError as exc:
         raise gr.Error(exc.message) from exc
+
+
+def discard_upload(path: str) -> None:
+    """Delete an uploaded file from Gradio's upload cache (and its folder, once empty); never a file elsewhere."""
+    folder, file = Path(get_upload_folder()).resolve(), Path(path).resolve()
+    if not file.is_relative_to(folder) or file == folder:
+        return
+    file.unlink(missing_ok=True)
+    if file.parent != folder:
+        try:
+            file.parent.rmdir()  # Gradio keeps each upload in a folder of its own
+        except OSError:
+            pass
 
 
 def ui_error(exc: HoneError) -> gr.Error:
