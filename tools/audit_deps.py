@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-FILES = [ROOT / "requirements.txt", ROOT / "requirements-llama.txt"]
+FILES = [ROOT / "requirements.txt", ROOT / "requirements-llama.txt", ROOT / "requirements-ner.txt"]
 
 
 def pins(path: Path) -> dict[str, str]:
@@ -27,7 +27,7 @@ def pins(path: Path) -> dict[str, str]:
         line = line.split("#")[0].strip()
         if "==" in line and not line.startswith("-"):
             name, version = line.split("==", 1)
-            out[name.split("[")[0].strip().lower()] = version.strip()
+            out[name.split("[")[0].strip().lower()] = version.split()[0]  # drops a line's `\` and --hash=
     return out
 
 

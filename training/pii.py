@@ -1,8 +1,13 @@
-"""PII redaction gate: text passes through here before it can reach a training set.
+"""PII redaction gate: text passes through here before it can reach a training set or an export.
 
-Built on Microsoft Presidio with the `no_op` NLP engine (no spaCy model is needed or loaded), so only
-self-contained recognizers run:
+Built on Microsoft Presidio with spaCy's small English model (installed from PyPI with its hash checked, see
+training/pii_ner.py), so people and places are found even when they are nobody's login:
 
+- PERSON and LOCATION from named-entity recognition, minus eponyms ("Parkinson's disease", "Down syndrome"),
+  other medical terms and places no finer than a state or country (training/pii_ner.py);
+- what clinics hold, by pattern (training/pii_patterns.py): dates of birth, US SSN, UK NHS and NI numbers,
+  medical record, insurance/member/policy, passport, licence and other ID numbers named by a context word,
+  street addresses, ZIP codes and UK postcodes, and names after a title or a word such as "patient";
 - Presidio's EMAIL_ADDRESS, PHONE_NUMBER, IBAN_CODE, CREDIT_CARD and IP_ADDRESS recognizers;
 - PERSON: the deployment's own user names given by the caller (case-insensitive, whole words; a
   multi-word name matches with any whitespace between its words, its parts alone do not match);
@@ -18,7 +23,8 @@ Two gaps in the stock recognizers are closed here:
   domains (e.g. `.internal`) are still redacted at the pattern's score.
 
 Every finding becomes a placeholder such as `<EMAIL_ADDRESS>` or `<PERSON>`. Reports carry counts by
-entity type only, never the values found.
+entity type only, never the values found. Redaction repeats (at most `MAX_PASSES` times) until nothing more is
+found, since a replaced name can change how the model reads the words around it.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ PHONE_REGIONS = ("US", "GB", "DE", "FR", "IN")
 MESSAGE_KEYS = ("prompt", "completion", "chosen", "rejected", "messages")
 NAME_ENTITY = "PERSON"
 MIN_NAME_LENGTH = 2
+MAX_PASSES = 3
+CACHE_SIZE = 4096  # system prompts and repeated answers are analysed once per gate
 
 # NANP-shaped numbers: optional +1, then (555) 123-4567 / 555-123-4567 / 555.123.4567 / 555 123 4567.
 NANP_PHONE = r"(?<![\w+])(?:\+?1[ .-]?)?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}(?!\w)"
@@ -45,6 +53,7 @@ PHONE_SCORE = 0.4  # Presidio's PhoneRecognizer.SCORE: the same confidence as it
 CUSTOM_SCORE = 1.0
 ENTITY_NAME = regex.compile(r"[A-Za-z][A-Za-z0-9_]*")
 CUSTOM_FLAGS = regex.IGNORECASE | regex.MULTILINE
+PLACEHOLDER = regex.compile(r"<[A-Z][A-Za-z0-9_]*>")
 
 
 @dataclass
@@ -73,21 +82,27 @@ class PiiGate:
         self.score_threshold = score_threshold
         # Presidio imports spaCy and transformers (seconds), so it loads here rather than on module import.
         from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
-        from presidio_analyzer.nlp_engine import NlpEngineProvider
         from presidio_anonymizer import AnonymizerEngine
         from presidio_anonymizer.entities import ConflictResolutionStrategy, OperatorConfig
 
-        recognizers = _builtin_recognizers() + _name_recognizers(names) + _custom_recognizers(patterns or {})
+        from training.pii_ner import ner_recognizer, nlp_engine
+        from training.pii_patterns import clinic_recognizers
+
+        recognizers = (
+            _builtin_recognizers()
+            + clinic_recognizers()
+            + [ner_recognizer()]
+            + _name_recognizers(names)
+            + _custom_recognizers(patterns or {})
+        )
         self.entities = sorted({entity for r in recognizers for entity in r.supported_entities})
-        nlp_engine = NlpEngineProvider(
-            nlp_configuration={"nlp_engine_name": "no_op", "models": [{"lang_code": LANGUAGE, "model_name": "no_op"}]}
-        ).create_engine()
         registry = RecognizerRegistry(recognizers=recognizers, supported_languages=[LANGUAGE])
-        self._analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=[LANGUAGE])
+        self._analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine(), supported_languages=[LANGUAGE])
         self._anonymizer = AnonymizerEngine()
         self._operators = {e: OperatorConfig("replace", {"new_value": f"<{e}>"}) for e in self.entities}
         # Overlapping findings of different types are trimmed apart, so every detected character is replaced.
         self._conflicts = ConflictResolutionStrategy.REMOVE_INTERSECTIONS
+        self._cache: dict[str, tuple[str, dict[str, int]]] = {}
 
     def redact(self, text: str) -> tuple[str, dict[str, int]]:
         """Redacted text and the number of findings replaced, by entity type (empty when nothing was found)."""
@@ -95,9 +110,36 @@ class PiiGate:
             raise TypeError(f"expected str, got {type(text).__name__}")
         if not text.strip():
             return text, {}
+        cached = self._cache.get(text)
+        if cached is not None:
+            return cached[0], dict(cached[1])
+        counts: Counter[str] = Counter()
+        redacted = text
+        for _ in range(MAX_PASSES):
+            redacted, found = self._redact_once(redacted)
+            if not found:
+                break
+            counts.update(found)
+        if len(self._cache) >= CACHE_SIZE:
+            self._cache.clear()
+        self._cache[text] = (redacted, dict(counts))
+        return redacted, dict(counts)
+
+    def findings(self, text: str) -> list[tuple[int, int, str]]:
+        """(start, end, entity type) of every span one pass would replace, in text order (for measuring)."""
+        found = self._analyze(text)
+        return sorted((f.start, f.end, f.entity_type) for f in found)
+
+    def _analyze(self, text: str) -> list:
         findings = self._analyzer.analyze(
             text=text, language=LANGUAGE, entities=self.entities, score_threshold=self.score_threshold
         )
+        # Placeholders from an earlier pass are never (part of) findings themselves, so redaction is idempotent.
+        taken = [m.span() for m in PLACEHOLDER.finditer(text)]
+        return [f for f in findings if not any(f.start < end and start < f.end for start, end in taken)]
+
+    def _redact_once(self, text: str) -> tuple[str, dict[str, int]]:
+        findings = self._analyze(text)
         if not findings:
             return text, {}
         result = self._anonymizer.anonymize(
