@@ -146,7 +146,7 @@ class ChatService:
         conversation = None if conversation_id is None else self.own_conversation(user, conversation_id)
         if not isinstance(model, str) or not model:
             raise InvalidRequest("'model' must be a non-empty string.")
-        route = choose_version(self.database, model, conversation)
+        route = choose_version(self.database, model, conversation, may_inspect=user.has_role("admin"))
         history = [] if conversation is None else self._history(conversation["id"])
         recall = self.recall(new_messages[-1]["content"], use_memory)
         with self._admission(user, conversation_id, len(new_messages) + 1) as admitted:

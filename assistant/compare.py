@@ -17,7 +17,7 @@ from assistant.auth import User
 from assistant.chat import ChatService
 from assistant.errors import Conflict, InvalidRequest, NotFound
 from assistant.feedback import clean_text
-from assistant.routing import active_test
+from assistant.routing import active_test, check_servable
 from assistant.store import Database, audit, conversations, versions
 from assistant.store import comparisons as store
 from training import stats
@@ -48,7 +48,7 @@ class CompareService:
         if source not in SOURCES:
             raise InvalidRequest(f"source must be one of: {', '.join(SOURCES)}.")
         params = self.chat.sampling(max_tokens, None)
-        pair = self._pair(versions_asked)
+        pair = self._pair(versions_asked, may_inspect=user.has_role("admin"))
         prompt, source_message = self._prompt(prompt, source)
         input_ids = self.chat.encode([{"role": "user", "content": prompt}], params)
         for row in pair:
@@ -80,28 +80,28 @@ class CompareService:
             "b": answers[1]["content"],
         }
 
-    def _pair(self, asked: object) -> list[dict]:
+    def _pair(self, asked: object, may_inspect: bool = False) -> list[dict]:
         if asked is None:
             current = versions.current(self.database)
             test = active_test(self.database)
             other = test["version"] if test else versions.candidate(self.database)
             if other is None:
                 raise Conflict("Only the current version can answer: name two versions, or train a candidate.")
-            return [current, other]
+            return [current, check_servable(other, "candidate", may_inspect)]
         if not isinstance(asked, list) or len(asked) != 2 or not all(isinstance(v, str) and v for v in asked):
             raise InvalidRequest("versions must be a list of two version ids.")
-        pair = [self._version(v) for v in asked]
+        pair = [self._version(v, may_inspect) for v in asked]
         if pair[0]["id"] == pair[1]["id"]:
             raise InvalidRequest("Choose two different versions to compare.")
         return pair
 
-    def _version(self, name: str) -> dict:
+    def _version(self, name: str, may_inspect: bool = False) -> dict:
         if name == "current":
             return versions.current(self.database)
         row = versions.candidate(self.database) if name == "candidate" else versions.get(self.database, name)
         if row is None or row["status"] == "failed":
             raise NotFound(f"No version {name!r} that can answer.")
-        return row
+        return check_servable(row, name, may_inspect)  # rolled back or flagged: admins only
 
     def _prompt(self, prompt: object, source: str) -> tuple[str, int | None]:
         """The prompt, and the message it was drawn from (so erasing that message's author erases it too)."""

@@ -8,6 +8,7 @@ import html
 import gradio as gr
 
 from assistant.errors import HoneError
+from assistant.routing import may_answer
 from assistant.services import Hone
 from assistant.store import versions
 from assistant.ui.common import guard, ui_error
@@ -73,8 +74,9 @@ def build_compare_tab(hone: Hone) -> gr.Tab:
         return leaderboard_rows(board), line
 
     def overview(request: gr.Request):
-        guard(hone, request, "reviewer")
-        names = [v["id"] for v in versions.list_all(hone.database) if v["status"] != "failed"]
+        user = guard(hone, request, "reviewer")
+        admin = user.has_role("admin")
+        names = [v["id"] for v in versions.list_all(hone.database) if may_answer(v, may_inspect=admin)]
         return gr.update(choices=names), gr.update(choices=names), *board_view()
 
     def ask_both(source_value, prompt_text, version_1, version_2, request: gr.Request):
