@@ -216,6 +216,8 @@ def run_backup(args: argparse.Namespace, settings) -> None:
             print(f"restored {result['restored']} into {result['db']} and {result['versions_dir']}")
             print(f"  previous database kept as {result['previous_db'] or '(there was none)'}")
             print(f"  previous registry kept as {result['previous_versions_dir'] or '(there was none)'}")
+            for r in result["erasures_reapplied"]:  # erased after the backup was taken: erased again
+                print(f"  erasure of {r['user']}'s data re-applied (erasure {r['erasure']})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,9 @@ A backup is a folder `<home>/backups/<UTC timestamp>/` holding
 
 The folder is built under a `.partial-` name and renamed when complete, so a folder with a manifest is a
 whole backup. `restore_backup` is for a stopped server: it checks the backup, refuses while anything has
-the database open, and keeps the database and registry it replaces (`*.before-restore-<timestamp>`).
+the database open, and keeps the database and registry it replaces (`*.before-restore-<timestamp>`). It then
+re-applies every erasure made after the backup was taken (from the erasure log beside the database and the
+replaced database's own record, assistant.erasure), so erased data never comes back.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 
+from assistant import erasure
 from assistant.config import REPO_ROOT, Settings
 from assistant.errors import Conflict, HoneError, InvalidRequest, NotFound
 from assistant.model_files import sha256_file
@@ -393,6 +396,8 @@ def restore_backup(settings: Settings, backup_dir: str | Path, actor: str = "cli
         old_roots = manifest["source"].get("versions_dir") or []
         old_roots = [old_roots] if isinstance(old_roots, str) else old_roots
         moved = _rewrite_registry_paths(staged_db, [Path(r) for r in old_roots], registry)
+        # erasures the backup may predate: the log beside the database, and what the replaced database records
+        erasures = erasure.read_log(erasure.log_path(target)) + erasure.recorded_in(target)
         if (source / VERSIONS_NAME).is_dir():
             shutil.copytree(source / VERSIONS_NAME, staged_registry)
         else:
@@ -429,6 +434,10 @@ def restore_backup(settings: Settings, backup_dir: str | Path, actor: str = "cli
     }
     database = Database(target)  # applies any newer migrations to an older backup
     try:
+        reapplied = erasure.reapply(database, erasures, actor)
+        result["erasures_reapplied"] = [
+            {k: r[k] for k in ("erasure", "user", "deleted", "versions_flagged")} for r in reapplied
+        ]
         audit.record(
             database,
             actor,
@@ -437,6 +446,7 @@ def restore_backup(settings: Settings, backup_dir: str | Path, actor: str = "cli
             source=str(source),
             previous_db=kept_db,
             previous_versions_dir=kept_registry,
+            erasures_reapplied=[r["erasure"] for r in reapplied],
         )
     finally:
         database.close()

@@ -393,3 +393,48 @@ def test_cli_backup_list_and_restore(tmp_path):
     result = json.loads(restored.stdout)
     assert result["restored"] == manifest["name"] and Path(result["previous_db"]).exists()
     assert len(rows(tmp_path / "feedback.db", "messages")) == 4
+
+
+def test_a_restore_never_brings_back_what_was_erased_after_the_backup(settings):
+    from assistant.erasure import erase_user, log_path
+
+    database = Database(settings.db)
+    admin, carol = user(database, "eve", "admin"), user(database, "carol", "staff")
+    some_chats(database, 2)  # someone else's: they come back with any restore
+    FeedbackService(database, 8000).submit(carol, answered(database, carol, "My diagnosis?", "Asthma."), thumb="up")
+    before = backup.create_backup(database, settings, "boss")
+    erase_user(database, admin, "carol", reason="her request")
+    answered(database, carol, "Back again?", "Yes.")  # the account stays: what she writes after is hers to keep
+    after = backup.create_backup(database, settings, "boss")
+    database.close()
+
+    def carols(db_path: Path) -> list[str]:
+        with contextlib.closing(sqlite3.connect(db_path)) as conn:
+            return [
+                r[0]
+                for r in conn.execute(
+                    "select m.content from messages m join conversations c on "
+                    "c.id = m.conversation_id where c.user_id = ? order by m.id",
+                    [carol.id],
+                )
+            ]
+
+    # the backup predates the erasure: restoring it re-applies the erasure
+    result = backup.restore_backup(settings, before["name"], actor="ops")
+    assert [r["user"] for r in result["erasures_reapplied"]] == ["carol"]
+    assert result["erasures_reapplied"][0]["deleted"]["messages"] == 2
+    assert carols(settings.db) == [] and len(rows(settings.db, "feedback")) == 2  # the others' thumbs stay
+    (record,) = rows(settings.db, "erasures")
+    assert "re-applied at restore by ops" in record[3]
+
+    # with the replaced database gone too, the erasure log beside the database file is enough
+    assert log_path(settings.db).is_file()
+    Path(result["previous_db"]).rename(settings.db)  # so the next restore replaces a database without the record
+    with contextlib.closing(sqlite3.connect(settings.db)) as conn, conn:
+        conn.execute("delete from erasures")
+    assert backup.restore_backup(settings, before["name"])["erasures_reapplied"][0]["user"] == "carol"
+    assert carols(settings.db) == []
+
+    # a backup taken after the erasure knows it: nothing is erased twice, her later chat stays
+    assert backup.restore_backup(settings, after["name"])["erasures_reapplied"] == []
+    assert carols(settings.db) == ["Back again?", "Yes."]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import httpx
 import pytest
@@ -95,3 +96,62 @@ def test_erasure_over_http_is_admin_only(tiny_server):
     assert done.json()["deleted"]["conversations"] == 1 and done.json()["deleted"]["messages"] == 2
     mine = httpx.get(f"{tiny_server.url}/v1/conversations", headers={"Authorization": f"Bearer {staff['api_key']}"})
     assert mine.json()["data"] == []
+
+
+def test_erasing_more_rows_than_sqlite_takes_variables_works_in_chunks(settings):
+    database = Database(settings.db)
+    admin, prolific = user(database, "eve", "admin"), user(database, "prolific", "staff")
+    other = answered(database, user(database, "dave", "staff"), "Lunch?", "Soup.")
+    n = 130  # conversations, each a question and an answer: well over the limit set below
+    with database.write() as db:
+        for i in range(n):
+            at = f"2024-05-01T09:{i % 60:02d}:00"
+            conversation = (
+                db["conversations"]
+                .insert({"user_id": prolific.id, "title": "q", "source": "chat", "created_at": at, "updated_at": at})
+                .last_pk
+            )
+            db["messages"].insert(
+                {
+                    "conversation_id": conversation,
+                    "role": "user",
+                    "content": f"q{i}",
+                    "status": "complete",
+                    "created_at": at,
+                }
+            )
+            answer = (
+                db["messages"]
+                .insert(
+                    {
+                        "conversation_id": conversation,
+                        "role": "assistant",
+                        "content": f"a{i}",
+                        "version": "base",
+                        "status": "complete",
+                        "created_at": at,
+                    }
+                )
+                .last_pk
+            )
+            correction = {"context": "[]", "original": f"a{i}", "corrected": f"c{i}", "created_at": at}
+            db["corrections"].insert({"message_id": answer, "user_id": prolific.id, **correction})
+            db["version_rows"].insert(
+                {"version_id": "base", "message_id": answer, "kind": "sft", "split": "train", "hash": "h"}
+            )
+    database.db.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)  # as on a build with a low limit
+
+    result = erase_user(database, admin, "prolific", reason="leaver")
+
+    assert result["deleted"]["conversations"] == n and result["deleted"]["messages"] == 2 * n
+    assert result["deleted"]["corrections"] == n and result["versions_flagged"] == ["base"]
+    assert (
+        database.one(
+            "select count(*) as n from messages where id != ? and conversation_id in "
+            "(select id from conversations where user_id = ?)",
+            [other, prolific.id],
+        )["n"]
+        == 0
+    )
+    assert database.one("select count(*) as n from version_rows")["n"] == 0
+    assert database.one("select content from messages where id = ?", [other])["content"] == "Soup."
