@@ -17,7 +17,7 @@ from assistant import auth, backup, dashboard, webhooks
 from assistant.auth import User, authenticate, require_role
 from assistant.chat import Turn
 from assistant.erasure import erase_user
-from assistant.errors import InvalidRequest, NotFound
+from assistant.errors import InvalidRequest
 from assistant.feedback import REASONS
 from assistant.importer import import_qa
 from assistant.review import VERDICTS
@@ -355,11 +355,11 @@ def build_api(hone: Hone) -> APIRouter:
 
     @router.get("/v1/export/{kind}", tags=["export"], response_class=NdjsonResponse)
     def export(kind: str, admin: Admin) -> NdjsonResponse:
-        if kind not in examples.KINDS:
-            raise NotFound(f"No export {kind!r}; choose one of: {', '.join(examples.KINDS)}.")
-        rows = examples.build_examples(hone.database)[kind]
-        audit.record(hone.database, admin.name, f"export.{kind}", "", rows=len(rows))
-        body = "".join(json.dumps(e.row, ensure_ascii=False) + "\n" for e in rows)
+        from training.export import gated_examples  # loads the PII gate's NER model on the first export
+
+        rows, report = gated_examples(hone.database, hone.settings, kind)
+        audit.record(hone.database, admin.name, f"export.{kind}", "", rows=len(rows), pii=report.as_dict())
+        body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         return NdjsonResponse(body)
 
     @router.post("/v1/import/qa", tags=["export"])

@@ -169,7 +169,6 @@ def test_redact_rows_report(gate):
 
 def test_empty_and_short_names_are_ignored():
     gate = PiiGate(names=["", " ", "x"])
-    assert "PERSON" not in gate.entities
     assert gate.redact("x marks the spot") == ("x marks the spot", {})
 
 
@@ -191,3 +190,118 @@ def test_email_check_never_uses_the_network(monkeypatch):
     monkeypatch.setattr(requests.Session, "request", no_network)
     gate = PiiGate()
     assert gate.redact("Reach me at carol@example.co.uk") == ("Reach me at <EMAIL_ADDRESS>", {"EMAIL_ADDRESS": 1})
+
+
+# What clinics hold (issue 19): people and places found by NER, identifiers by pattern, eponyms left alone.
+
+
+def test_clinic_identifiers_are_replaced(gate):
+    text = (
+        "Patient Ngozi Okafor, DOB 03/14/1962, lives at 42 Elm Street, Springfield, IL 62704. SSN 536-22-8712, "
+        "NHS number 943 476 5919, MRN: 00482913, member ID XK-44819, passport number 533112984, "
+        "driver's license D1234-56789-01234."
+    )
+    redacted, counts = gate.redact(text)
+    assert redacted == (
+        "Patient <PERSON>, DOB <DATE_OF_BIRTH>, lives at <STREET_ADDRESS>, <POSTAL_CODE>. SSN <US_SSN>, "
+        "NHS number <UK_NHS>, MRN: <MEDICAL_RECORD_NUMBER>, member ID <INSURANCE_NUMBER>, passport number <PASSPORT>, "
+        "driver's license <DRIVER_LICENSE>."
+    )
+    assert counts["PERSON"] == 1 and sum(counts.values()) == 10
+
+
+@pytest.mark.parametrize(
+    ("text", "gone"),
+    [
+        ("Spoke with Bernadette Kowalczyk this morning about the biopsy.", "Bernadette Kowalczyk"),
+        ("Mr Abdullahi Musa attended with his brother.", "Abdullahi Musa"),
+        ("Kofi Boateng was seen in A&E after a fall.", "Kofi Boateng"),
+        ("Retired teacher, lives alone in Dundee.", "Dundee"),
+        ("Discharged to 31 Wellington Terrace, Hove, BN3 2PN.", "Wellington Terrace"),
+        ("Born on 12 March 1949 in a small village.", "12 March 1949"),
+        ("Hospital number RX0092714 needs the old notes.", "RX0092714"),
+    ],
+)
+def test_people_and_places_who_are_not_users_are_replaced(gate, text, gone):
+    redacted, counts = gate.redact(text)
+    assert gone not in redacted and counts
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Parkinson's disease and Crohn's disease are long-term conditions.",
+        "Down syndrome is caused by an extra copy of chromosome 21.",
+        "Hodgkin lymphoma is one of the most curable cancers.",
+        "Alzheimer's disease, Graves' disease and Addison's disease need lifelong care.",
+        "Huntington's disease, Tourette syndrome and Cushing's syndrome were discussed.",
+        "Bell's palsy weakens the muscles on one side of the face.",
+        "Guillain-Barré syndrome and Sjögren's syndrome are autoimmune.",
+        "The capital of France is Paris.",
+        "Dengue is common in Southeast Asia and Latin America.",
+    ],
+)
+def test_eponymous_diseases_and_general_places_survive(gate, text):
+    assert gate.redact(text) == (text, {})
+
+
+def test_recall_and_false_alarms_on_the_planted_sets():
+    """Issue 19's targets on data/pii: recall >= 0.95 of planted spans, <= 1 in 25 medical sentences altered."""
+    from training.pii_eval import evaluate
+
+    result = evaluate(PiiGate())
+    planted, medical = result["planted"], result["medical"]
+    assert planted["spans"] >= 200 and medical["texts"] >= 150
+    assert planted["recall"] >= 0.95, planted["missed"]
+    assert medical["altered_rate"] <= 0.04, medical["examples"]
+    kept, total = planted["eponyms_kept"].split("/")
+    assert kept == total  # eponyms inside PII-laden sentences survive too
+
+
+def test_the_ner_model_is_the_pinned_one(tmp_path):
+    import shutil
+
+    from training.pii_ner import MODEL_SHA256, NerUnavailable, model_digest, model_dir, verified
+
+    assert model_digest(model_dir()) == MODEL_SHA256
+    copy = shutil.copytree(model_dir(), tmp_path / "model")
+    with (copy / "ner" / "model").open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(NerUnavailable, match="pinned sha256"):
+        verified(copy)
+    with pytest.raises(NerUnavailable, match="missing"):
+        verified(tmp_path / "nowhere")
+
+
+def test_exports_over_http_carry_no_planted_pii(tiny_server):
+    """GET /v1/export/{sft,dpo,kto} runs the gate: a patient's name, address, DOB and MRN never leave."""
+    import httpx
+
+    def client(name: str, role: str) -> httpx.Client:
+        key = tiny_server.add_user(name, role)["api_key"]
+        return httpx.Client(base_url=tiny_server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+    staff, reviewer, admin = client("pii-staff", "staff"), client("pii-rev", "reviewer"), client("pii-admin", "admin")
+    planted = ["Ngozi Okafor", "03/14/1962", "42 Elm Street", "00482913"]
+    question = "Can Ngozi Okafor (MRN 00482913) take ibuprofen with her Crohn's disease?"
+    answer = staff.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": question}], "max_tokens": 4}
+    )
+    assert answer.status_code == 200, answer.text
+    message_id = int(answer.json()["id"])
+    made = staff.post(
+        "/v1/feedback",
+        json={
+            "message_id": message_id,
+            "thumb": "down",
+            "correction": "Ask Ngozi Okafor, DOB 03/14/1962, of 42 Elm Street, to avoid NSAIDs with Crohn's disease.",
+        },
+    )
+    assert made.status_code == 201, made.text
+    decision = {"verdict": "incorrect", "correction": "approve", "correction_id": made.json()["correction_id"]}
+    assert reviewer.post(f"/v1/review/{message_id}", json=decision).status_code == 201
+    for kind in ("sft", "dpo", "kto"):
+        exported = admin.get(f"/v1/export/{kind}")
+        assert exported.status_code == 200, exported.text
+        assert "Crohn's disease" in exported.text  # the row is there, and the eponym survived
+        assert not [value for value in planted if value in exported.text], kind

@@ -17,9 +17,9 @@ from assistant.errors import Conflict, InvalidRequest, NotFound
 from assistant.gguf_files import GGUFUnavailable, base_gguf, merged_gguf
 from assistant.model_files import resolve_base_model
 from assistant.store import Database, audit, versions
-from training import datasets
+from training import datasets, examples
 from training.config import TrainConfig
-from training.pii import PiiGate
+from training.pii import PiiReport, deployment_gate
 
 FORMATS = ("adapter", "merged", "gguf")
 HOW_TO_LOAD = {
@@ -99,12 +99,21 @@ def _gguf_for(settings: Settings, base_model: str, adapter: Path | None) -> Path
         raise InvalidRequest(f"No GGUF export here: {exc}") from exc
 
 
+def gated_examples(database: Database, settings: Settings, kind: str) -> tuple[list[dict], PiiReport]:
+    """One kind's TRL rows (`GET /v1/export/{kind}`) after the PII gate, with what the gate replaced."""
+    if kind not in examples.KINDS:
+        raise NotFound(f"No export {kind!r}; choose one of: {', '.join(examples.KINDS)}.")
+    names = [u["name"] for u in database.query("select name from users")]
+    gate = deployment_gate(names, settings.pii_patterns)
+    return gate.redact_rows([e.row for e in examples.build_examples(database)[kind]])
+
+
 def export_datasets(database: Database, settings: Settings, out: Path, actor: str) -> dict:
     """The training data as the next run would see it (PII gate on, default split), as JSONL and Parquet."""
     from datasets import Dataset
 
     names = [u["name"] for u in database.query("select name from users")]
-    gate = PiiGate(names=names, patterns=settings.pii_patterns)
+    gate = deployment_gate(names, settings.pii_patterns)
     build = datasets.build(database, TrainConfig(), system_prompt=settings.system_prompt, gate=gate)
     splits = {
         "sft_train": build.sft_train,

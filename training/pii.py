@@ -29,6 +29,8 @@ found, since a replaced name can change how the model reads the words around it.
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -131,9 +133,10 @@ class PiiGate:
         return sorted((f.start, f.end, f.entity_type) for f in found)
 
     def _analyze(self, text: str) -> list:
-        findings = self._analyzer.analyze(
-            text=text, language=LANGUAGE, entities=self.entities, score_threshold=self.score_threshold
-        )
+        with _NLP_LOCK:  # one spaCy pipeline per process, shared by every gate and thread
+            findings = self._analyzer.analyze(
+                text=text, language=LANGUAGE, entities=self.entities, score_threshold=self.score_threshold
+            )
         # Placeholders from an earlier pass are never (part of) findings themselves, so redaction is idempotent.
         taken = [m.span() for m in PLACEHOLDER.finditer(text)]
         return [f for f in findings if not any(f.start < end and start < f.end for start, end in taken)]
@@ -196,6 +199,20 @@ class PiiGate:
             rows_changed += redacted != row
             redacted_rows.append(redacted)
         return redacted_rows, PiiReport(counts=dict(counts), rows_changed=rows_changed)
+
+
+_NLP_LOCK = threading.Lock()
+
+
+def deployment_gate(names: Iterable[str], patterns: dict[str, str] | None = None) -> PiiGate:
+    """The gate for a deployment's user names and custom patterns, reused while they stay the same (its cache of
+    redacted texts makes a repeated export cheap)."""
+    return _cached_gate(tuple(sorted(set(map(str, names)))), tuple(sorted((patterns or {}).items())))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_gate(names: tuple[str, ...], patterns: tuple[tuple[str, str], ...]) -> PiiGate:
+    return PiiGate(names=names, patterns=dict(patterns))
 
 
 def _builtin_recognizers() -> list[EntityRecognizer]:

