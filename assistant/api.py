@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -23,7 +23,7 @@ from assistant.importer import import_qa
 from assistant.review import VERDICTS
 from assistant.services import Hone
 from assistant.store import audit, conversations, users, versions
-from training import examples, jobs, registry
+from training import examples, jobs, ledger, registry
 
 
 class ChatMessageIn(BaseModel):
@@ -304,6 +304,16 @@ def build_api(hone: Hone) -> APIRouter:
         rating per version and period, and the blind-vote leaderboard with 95 % intervals. `bucket`: day,
         hour, or auto (hours while the data spans under two days)."""
         return dashboard.overview(hone.database, hone.compare.leaderboard(), bucket)
+
+    @router.get("/v1/corrections/ledger", tags=["versions"], response_model=ledger.LedgerView)
+    def corrections_ledger(
+        admin: Admin,
+        version: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict:
+        """Per approved answer, per version: answered correctly as written and in held-out words (cosine to the
+        approved answer at least `threshold`)? The newest `limit` measured; `version` shows one version only."""
+        return ledger.view(hone.database, hone.settings.ledger_min_cosine, version, limit)
 
     @router.post("/v1/feedback", tags=["feedback"], status_code=201)
     def give_feedback(body: FeedbackIn, user: Staff) -> dict:

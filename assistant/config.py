@@ -134,6 +134,15 @@ class Settings(BaseSettings):
     gate_min_retention: float = Field(
         0.98, ge=0.0, le=1.0, description="promotion gate: general cosine at least this share of the current's"
     )
+    gate_max_correction_regressions: int = Field(
+        0,
+        ge=-1,
+        description="promotion gate: approved answers (correction ledger) the candidate may lose that the current "
+        "version answered; -1 lists them without blocking",
+    )
+    ledger_min_cosine: float = Field(
+        0.8, ge=0.0, le=1.0, description="correction ledger: an answer is correct at this cosine to the approved one"
+    )
 
     ab_auto_rollback: bool = Field(
         False, description="end a live A/B test by itself when the candidate's thumbs-down rate is significantly worse"

@@ -94,6 +94,7 @@ ROUTE_ROLES: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/versions/{version_id}/deploy"): "admin",
     ("PUT", "/v1/ab"): "admin",
     ("GET", "/v1/ab"): "admin",
+    ("GET", "/v1/corrections/ledger"): "admin",
     # blind comparison
     ("POST", "/v1/compare"): "reviewer",
     ("POST", "/v1/compare/{comparison_id}/vote"): "reviewer",
@@ -181,6 +182,7 @@ GRADIO_ROLES: dict[str, str] = {
     "admin_overview": "admin",
     "ab_overview": "admin",
     "admin_dashboard": "admin",
+    "corrections_ledger": "admin",
     "import_qa": "admin",
     "backup": "admin",
     "export_version": "admin",
@@ -236,6 +238,7 @@ GRADIO_CALLS: dict[str, dict] = {
     "admin_overview": {"args": (), "ok": True},
     "ab_overview": {"args": ("thumbs_up_rate",), "ok": True},
     "admin_dashboard": {"args": (), "ok": True},
+    "corrections_ledger": {"args": (), "ok": True},
     "import_qa": {"args": ("{qa_file}",), "ok": True},
     "backup": {"args": (), "ok": True},
     "export_version": {"args": ("base", "adapter")},  # refused for admins too: the base has no adapter

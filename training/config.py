@@ -25,7 +25,9 @@ class TrainConfig(BaseModel):
     target_modules: str = Field("all-linear", description="'all-linear' or comma-separated module names")
     # SFT
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="SFT peak learning rate (cosine decay)")
-    sft_epochs: float = Field(1.8, gt=0.0, le=50.0, description="passes over the SFT rows (also KTO's)")
+    sft_epochs: float = Field(
+        1.0, gt=0.0, le=50.0, description="passes over the SFT rows, rewordings included (also KTO's)"
+    )
     batch_size: int = Field(8, ge=1, le=512, description="examples per optimiser step")
     max_length: int = Field(
         112, ge=32, le=8192, description="tokens per example (prompt included); longer ones are cut at the end"
@@ -37,6 +39,11 @@ class TrainConfig(BaseModel):
     # data
     replay_ratio: float = Field(0.25, ge=0.0, le=10.0, description="general replay rows per domain training row")
     validation_percent: int = Field(10, ge=0, le=50, description="share of conversations held out for validation")
+    augment_new: int = Field(3, ge=0, le=20, description="rewordings trained per SFT question no version trained on")
+    augment_old: int = Field(1, ge=0, le=20, description="rewordings trained per SFT question a version trained on")
+    augment_max_share: float = Field(
+        1.0, ge=0.0, le=20.0, description="cap on rewordings, per SFT training row (new questions are served first)"
+    )
     min_rows: int = Field(1, ge=1, description="fewest domain training rows a run accepts")
     max_steps: int = Field(-1, ge=-1, description="cap on optimiser steps per phase (-1: no cap)")
     threads: int = Field(0, ge=0, le=256, description="torch threads (0: every core; the worker yields to chat)")
@@ -50,6 +57,8 @@ class TrainConfig(BaseModel):
     # evaluation
     evaluate: bool = Field(True, description="after training, evaluate candidate and current and run the gate")
     eval_max_new_tokens: int = Field(128, ge=1, le=2048, description="answer length in evaluation")
+    ledger_newest: int = Field(30, ge=0, le=1000, description="correction ledger: newest approved answers asked a run")
+    ledger_sample: int = Field(10, ge=0, le=1000, description="correction ledger: a fixed sample of older ones, too")
     # governance
     pii_gate: bool = Field(True, description="redact personal data; off needs pii_override_reason")
     pii_override_reason: str | None = Field(None, description="why the PII gate may be off (audited)")

@@ -1,4 +1,5 @@
-"""Feedback → training sets: rules (training.examples), PII gate, dedup, split by conversation, replay, snapshot.
+"""Feedback → training sets: rules (training.examples), PII gate, dedup, split by conversation, rewordings of
+the training questions (training.augment), replay, snapshot.
 
 A build is a pure function of the database and the config: the same feedback and seed give the same rows
 and the same snapshot hash.
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from assistant.config import REPO_ROOT
 from assistant.store import Database, conversations
-from training import examples
+from training import augment, examples
 from training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class Build:
     kto_train: list[dict]
     replay: list[dict]
     snapshot: dict = field(default_factory=dict)
+    sft_augmented: list[dict] = field(default_factory=list)  # training questions in other words (training.augment)
 
     @property
     def counts(self) -> dict:
@@ -80,6 +82,7 @@ def build(database: Database, config: TrainConfig, *, system_prompt: str, gate: 
     rows_redacted = 0
     dropped: list[dict] = []
     seen: set[str] = set()
+    sources: list[augment.Source] = []
     for kind in examples.KINDS:
         for example in built[kind]:
             row = with_system_prompt(example.row, system_prompt)
@@ -101,8 +104,11 @@ def build(database: Database, config: TrainConfig, *, system_prompt: str, gate: 
                 else "train"
             )
             sides[kind][side].append(row)
+            if kind == "sft" and side == "train":
+                sources.append(augment.Source(example.message_id, digest, row))
             lineage.append({"message_id": example.message_id, "kind": kind, "split": side, "hash": digest})
 
+    augmented, augmentation = augment.augment(sources, augment.trained_before(database), config)
     rng = random.Random(config.seed)
     general = load_general("replay")
     _, domain_rows = examples.recipe(*(len(sides[kind]["train"]) for kind in examples.KINDS))
@@ -118,7 +124,7 @@ def build(database: Database, config: TrainConfig, *, system_prompt: str, gate: 
         )
         for r in rng.sample(general, wanted)
     ]
-    for part in (sides["sft"]["train"], sides["dpo"]["train"], sides["kto"]["train"]):
+    for part in (sides["sft"]["train"], augmented, sides["dpo"]["train"], sides["kto"]["train"]):
         rng.shuffle(part)
 
     counts = {
@@ -129,6 +135,7 @@ def build(database: Database, config: TrainConfig, *, system_prompt: str, gate: 
         "kto_train": len(sides["kto"]["train"]),
         "kto_validation": len(sides["kto"]["validation"]),
         "replay": len(replay),
+        "augmented": len(augmented),
         "duplicates_dropped": len(dropped),
     }
     snapshot = {
@@ -143,6 +150,7 @@ def build(database: Database, config: TrainConfig, *, system_prompt: str, gate: 
         "replay_source": str(GENERAL_QA.relative_to(REPO_ROOT)),
         "rows": lineage,
         "duplicates": dropped,
+        "augmentation": augmentation,
     }
     return Build(
         sft_train=sides["sft"]["train"],
@@ -151,5 +159,6 @@ def build(database: Database, config: TrainConfig, *, system_prompt: str, gate: 
         dpo_validation=sides["dpo"]["validation"],
         kto_train=sides["kto"]["train"],
         replay=replay,
+        sft_augmented=augmented,
         snapshot=snapshot,
     )

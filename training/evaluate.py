@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 from pathlib import Path
 
 from assistant.errors import InvalidRequest, NotFound
@@ -25,6 +24,7 @@ from assistant.store.db import utcnow
 from training.datasets import load_general, with_system_prompt
 from training.generate import BatchGenerator
 from training.metrics import Scorer
+from training.rewording import reword
 
 SUMMARY_KEYS = ("version", "data", "n", "cosine", "rouge_l", "mean_words")
 MAX_NEW_TOKENS = 128
@@ -76,26 +76,6 @@ def dataset_hash(records: list[dict]) -> str:
 
 
 # --- paraphrases -------------------------------------------------------------------------------------
-
-TEMPLATES = [
-    (r"^what is (.+?)\??$", ["Can you explain {0} to me?", "Tell me about {0}.", "I'd like to know about {0}."]),
-    (r"^what are (.+?)\??$", ["Could you describe {0}?", "Tell me about {0}.", "Please explain {0}."]),
-    (r"^how (?:do|can) i (.+?)\??$", ["What is the way to {0}?", "What should I do to {0}?", "Explain how to {0}."]),
-    (r"^(?:who|where|when|which|why|how) .+$", ["Do you know this: {q}", "Quick question. {q}", "{q} Please explain."]),
-]
-FALLBACK = ["I have a question: {q}", "Could you help with this? {q}", "{q} Answer briefly, please."]
-
-
-def reword(question: str, seed: int) -> str:
-    """A deterministic rewording by template (used when the model's own paraphrase is unusable)."""
-    text = question.strip()
-    rng = random.Random(f"{seed}:{text}")
-    for pattern, forms in TEMPLATES:
-        match = re.match(pattern, text, flags=re.IGNORECASE)
-        if match:
-            return rng.choice(forms).format(*match.groups(), q=text)
-    return rng.choice(FALLBACK).format(q=text)
-
 
 PARAPHRASE_PROMPT = (
     "Rewrite the question with different words. Keep its meaning. Reply with the new question only.\n"
@@ -267,9 +247,11 @@ def evaluate_candidate(
     train_rows: list[dict] | None = None,
     max_new_tokens: int = MAX_NEW_TOKENS,
     generator: BatchGenerator | None = None,
+    corrections: list | None = None,
 ) -> dict:
-    """Evaluate a candidate and the current version on the candidate's sets, then record the gate's verdict."""
-    from training import gate, registry
+    """Evaluate a candidate and the current version on the candidate's sets and, given `corrections`
+    (training.ledger items), on the correction ledger; then record the gate's verdict."""
+    from training import gate, ledger, registry
 
     version = versions.get(database, version_id)
     if version is None:
@@ -285,6 +267,14 @@ def evaluate_candidate(
             results[vid][name] = evaluate(
                 database, vid, name, records, generator, scorer, actor, max_new_tokens=max_new_tokens
             )
+    check = None
+    if corrections:
+        threshold = settings.ledger_min_cosine
+        measured = {
+            vid: ledger.measure(database, vid, corrections, generator, scorer, threshold, max_new_tokens)
+            for vid in results
+        }
+        check = ledger.check(measured[version_id], measured[current["id"]], threshold)
     verdict = gate.decide(
         results[version_id],
         results[current["id"]],
@@ -292,6 +282,8 @@ def evaluate_candidate(
         min_retention=settings.gate_min_retention,
         candidate_id=version_id,
         current_id=current["id"],
+        corrections=check,
+        max_correction_regressions=settings.gate_max_correction_regressions,
     )
     gate.record(database, version_id, verdict, actor)
     registry.write_evaluation(version, results, verdict)

@@ -4,7 +4,10 @@ Rules (configurable with `ASSISTANT_GATE_*`, defaults documented in the README):
 - domain: the candidate's mean cosine on the domain set (validation slice; the paraphrase set when the
   run held out no validation rows) is above the current version's by at least `gate_min_domain_gain`;
 - retention: the candidate's mean cosine on the general set is at least `gate_min_retention` (0.98) of
-  the current version's.
+  the current version's;
+- corrections (when the run measured the correction ledger, training.ledger): the candidate gets at most
+  `gate_max_correction_regressions` (0) approved answers wrong that the current version got right, asked as
+  written or in held-out words; each one is listed.
 The verdict lists every rule with the numbers behind it, so the Admin tab can say why.
 """
 
@@ -33,8 +36,11 @@ def decide(
     min_retention: float,
     candidate_id: str,
     current_id: str,
+    corrections: dict | None = None,
+    max_correction_regressions: int = 0,
 ) -> dict:
-    """The verdict from both versions' results per set (`domain`, `paraphrase`, `general`)."""
+    """The verdict from both versions' results per set (`domain`, `paraphrase`, `general`), and the ledger's
+    `corrections` check (training.ledger.check) when there is one; -1 reports regressions without blocking."""
     rules = []
     domain_set = "domain" if "domain" in candidate and "domain" in current else "paraphrase"
     if domain_set in candidate and domain_set in current:
@@ -67,6 +73,22 @@ def decide(
         )
     else:
         rules.append({"rule": "retention", "passed": False, "why": "no general results for both"})
+    if corrections is not None:
+        lost = corrections["regressions"]
+        rules.append(
+            {
+                "rule": "corrections",
+                "set": "ledger",
+                "passed": max_correction_regressions < 0 or len(lost) <= max_correction_regressions,
+                "candidate": corrections["candidate_correct"],
+                "current": corrections["current_correct"],
+                "asked": corrections["asked"],
+                "regressions": lost,
+                "required": "report only"
+                if max_correction_regressions < 0
+                else f"at most {max_correction_regressions} lost",
+            }
+        )
     return {
         "candidate": candidate_id,
         "against": current_id,
@@ -82,6 +104,16 @@ def explain(verdict: dict) -> str:
         mark = "pass" if r["passed"] else "fail"
         if "why" in r:
             lines.append(f"- {r['rule']}: {mark} ({r['why']})")
+        elif r["rule"] == "corrections":
+            lost = "; ".join(
+                f"#{x['message_id']} {x['asked']} {x['current_cosine']:.2f} -> {x['candidate_cosine']:.2f}"
+                for x in r["regressions"]
+            )
+            lines.append(
+                f"- corrections (ledger): {mark}; correct: candidate {r['candidate']}/{r['asked']}, current "
+                f"{r['current']}/{r['asked']}; {len(r['regressions'])} the current version got right are now wrong"
+                f"{': ' + lost if lost else ''} (required {r['required']})"
+            )
         else:
             lines.append(
                 f"- {r['rule']} ({r['set']} cosine): {mark}; candidate {r['candidate']:.4f}, "

@@ -285,7 +285,7 @@ def run_worker(settings: Settings, job_id: int) -> int:
     import torch
     from accelerate import PartialState
 
-    from training import gate, registry
+    from training import gate, ledger, registry
     from training.evaluate import evaluate_candidate, write_jsonl
     from training.train import train
 
@@ -333,6 +333,9 @@ def run_worker(settings: Settings, job_id: int) -> int:
                     job["created_by"],
                     train_rows=build.sft_train,
                     max_new_tokens=config.eval_max_new_tokens,
+                    corrections=ledger.choose(
+                        ledger.items_from_build(build), config.ledger_newest, config.ledger_sample, config.seed
+                    ),
                 )
             except Exception as exc:  # noqa: BLE001 - the version stands; the gate just has no verdict
                 verdict = {"passed": False, "error": f"evaluation failed: {type(exc).__name__}: {exc}", "rules": []}

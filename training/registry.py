@@ -143,9 +143,10 @@ Snapshot `{snapshot["hash"]}` (row ids and hashes in `snapshot.json`).
 | SFT (ideal answers, approved corrections, imports) | {counts["sft_train"]} | {counts["sft_validation"]} |
 | DPO pairs (chosen vs original) | {counts["dpo_train"]} | {counts["dpo_validation"]} |
 | KTO rows (thumbs) | {counts["kto_train"]} | {counts["kto_validation"]} |
+| training questions in other words (augmentation) | {counts.get("augmented", 0)} | |
 | general replay (`{snapshot["replay_source"]}`, CC0) | {counts["replay"]} | |
 
-Duplicates dropped: {counts["duplicates_dropped"]}. Validation is split by conversation.
+Duplicates dropped: {counts["duplicates_dropped"]}. Validation is split by conversation.{augmentation_note(snapshot)}
 
 ## PII gate
 Gate {gate}. Rows redacted: {pii["rows_redacted"]}. Redactions by type: {redactions}.
@@ -166,6 +167,18 @@ Libraries: {libraries}.
 A small model (135M parameters) tuned on a small set of reviewed answers: it can state wrong facts
 fluently, and what it learned is limited to what reviewers approved.
 """
+
+
+def augmentation_note(snapshot: dict) -> str:
+    """Where the reworded rows came from, for the model card."""
+    made = snapshot.get("augmentation")
+    if not made:
+        return ""
+    return (
+        f" Rewordings: {made['rows_from_new']} of {made['new_questions']} questions no earlier version trained on "
+        f"(up to {made['per_new']} each), {made['rows_from_trained']} of {made['trained_questions']} trained before "
+        f"(up to {made['per_trained']} each), at most {made['cap']} in all; made by {made['method']}."
+    )
 
 
 EVALUATION_HEADING = "## Evaluation\n"

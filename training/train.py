@@ -140,7 +140,7 @@ def train(
 def _sft_then_dpo(model, tokenizer, lora, build: Build, config: TrainConfig, scratch: str, progress, phases):
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-    sft_rows = build.sft_train + build.replay
+    sft_rows = build.sft_train + build.sft_augmented + build.replay
     unlearnable = prompts_over_limit(tokenizer, build.sft_train, config.max_length)
     if build.sft_train and unlearnable == len(build.sft_train):
         raise ValueError(

@@ -414,6 +414,32 @@ def m011_client_history_turns_are_context(db: sqlite_utils.Database) -> None:
 
 
 @migrations()
+def m012_correction_ledger(db: sqlite_utils.Database) -> None:
+    # Per approved answer and version: asked as written ('original') and in held-out words ('rewording'), did
+    # the version answer it (cosine to the approved answer >= threshold)? Written by training.ledger.
+    db["correction_ledger"].create(
+        {
+            "id": int,
+            "message_id": int,  # the answer the approved correction / ideal answer / import belongs to
+            "version_id": str,
+            "asked": str,  # original | rewording
+            "prompt_hash": str,  # what was asked, so a stored result is reused only for the same question
+            "reference_hash": str,  # the approved answer it was scored against
+            "max_new_tokens": int,
+            "answer": str,
+            "cosine": float,
+            "correct": int,
+            "threshold": float,
+            "measured_at": str,
+        },
+        pk="id",
+        not_null={"message_id", "version_id", "asked", "cosine", "correct", "measured_at"},
+    )
+    db["correction_ledger"].create_index(["version_id", "message_id"])
+    db["correction_ledger"].create_index(["message_id"])
+
+
+@migrations()
 def m013_api_key_expiry(db: sqlite_utils.Database) -> None:
     # When a key stops working (ISO time, UTC; null: never). Set from ASSISTANT_API_KEY_DAYS or per rotation.
     db["api_keys"].add_column("expires_at", str)

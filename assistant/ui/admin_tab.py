@@ -20,6 +20,7 @@ from assistant.store import audit, users, versions
 from assistant.ui.ab_section import build_ab_accordion
 from assistant.ui.common import discard_upload, guard, ui_error
 from assistant.ui.dashboard_section import build_dashboard_accordion
+from assistant.ui.ledger_section import build_ledger_accordion
 from assistant.ui.render import counts_line, review_item, run_status
 from assistant.ui.review_tab import VERDICT_LABELS
 from assistant.ui.webhooks_section import build_webhooks_accordion
@@ -131,6 +132,7 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
             backup_now = gr.Button("Back up now", elem_id="admin-backup")
             backup_status = gr.Markdown(elem_id="admin-backup-status")
             backup_table = gr.Dataframe(headers=["name", "created_at", "actor", "db_bytes"], label="Backups")
+        build_ledger_accordion(hone)
         build_webhooks_accordion(hone)
         with gr.Accordion("Audit log", open=False):
             audit_table = gr.Dataframe(headers=["at", "actor", "action", "target", "details"], label="Latest 200")
