@@ -195,7 +195,7 @@ def test_admin_manages_users_over_http_and_disable_is_immediate(tiny_server, key
 
 def test_browser_login_cookie_and_lockout(tiny_server):
     tiny_server.add_user("browser-user", "staff")
-    with httpx.Client(base_url=tiny_server.url) as client:
+    with httpx.Client(base_url=tiny_server.url, headers={"Origin": tiny_server.url}) as client:  # as a browser
         assert client.get("/").status_code == 303
         r = client.post("/login", data={"username": "browser-user", "password": "browser-user-password"})
         assert r.status_code == 303 and r.headers["location"] == "/"

@@ -13,7 +13,7 @@ from assistant.config import Settings
 def signed_in(tiny_server) -> httpx.Client:
     """An admin's browser session: file serving is the UI's, so it is reached with the session cookie."""
     tiny_server.add_user("harden-admin", "admin")
-    client = httpx.Client(base_url=tiny_server.url)
+    client = httpx.Client(base_url=tiny_server.url, headers={"Origin": tiny_server.url})  # as a browser sends
     login = client.post("/login", data={"username": "harden-admin", "password": "harden-admin-password"})
     assert login.status_code == 303
     yield client
