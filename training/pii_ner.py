@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import regex
+from spacy.lang.en.stop_words import STOP_WORDS
 
 if TYPE_CHECKING:
     from presidio_analyzer import RecognizerResult
@@ -71,6 +72,10 @@ _MEDICAL_SHAPE = regex.compile(
     r"philia|phobia|plegia|paresis|rrhea|rrhoea|ectasia|genesis|edema|oedema|lexia|tonia|phagia|phasia|penia|"
     r"kinesia|opia|cardia|trophia|ataxia|thesia|sthenia|mania|somnia|lepsia|emesis)$",
     regex.IGNORECASE,
+)
+# Adjectives of anatomy and pathology in title-cased headings ("Abdominal Adhesions", "Orthostatic Intolerance").
+_MEDICAL_ADJECTIVE = regex.compile(
+    r"(?:eal|ial|ical|inal|omal|ular|ural|atic|etic|ytic|genic|oid|ous|ostic|orne|philis)$"
 )
 # Female given names that end like a medical word ("-ia", "-ella"): spared from the shape rule.
 SHAPE_EXCEPTIONS = frozenset(
@@ -126,6 +131,10 @@ MEDICAL_WORDS = frozenset(
     congenital hereditary familial juvenile acute chronic benign malignant primary secondary idiopathic
     medicare medicaid foundation institute institutes national center centre centers association society hospital
     clinic clinics university college department health services network alliance registry trial study
+    injury injuries adhesion adhesions bite bites sting stings illness illnesses intolerance infant newborn mouth
+    tongue lice louse smoke tube care hospice lymph pus bereavement mosquito bee insect body measles barotrauma
+    kuru apraxia vulvar hairy ductus arteriosus cerebri anxiety safety violence acid fiber fibre steroid steroids
+    toxin toxins reflux valve prolapse
     """.split()
 )
 # Countries, US states, UK nations, continents and broad regions: too coarse to identify anyone.
@@ -264,14 +273,17 @@ def is_medical(text: str, start: int, end: int, tokens: list[str], entity: str) 
         return True
     if len(tokens) == 1 and _SPECIES.match(text[end:]):
         return True
-    parts = [p for t in tokens for p in regex.sub(r"[’']s?$", "", t).casefold().split("-") if p]
+    words = [regex.sub(r"[’']s?$", "", t).casefold() for t in tokens]
+    parts = [p for w in words for p in ([w] if w in EPONYMS else w.split("-")) if p]
     if parts and all(p in EPONYMS or p in PARTICLES for p in parts) and not all(p in PARTICLES for p in parts):
         return True  # "Crohn", "Guillain-Barré", "von Willebrand"; not "John Williams"
     for token in tokens:
         word = regex.sub(r"[’']s?$", "", token).casefold()
         if any(c.isdigit() for c in word) or (len(word) > 1 and token.isupper()):
             return True
-        if word in MEDICAL_WORDS:
+        if word in MEDICAL_WORDS or word.removesuffix("s") in MEDICAL_WORDS:
+            return True
+        if len(word) >= 7 and _MEDICAL_ADJECTIVE.search(word):
             return True
         if word not in SHAPE_EXCEPTIONS and len(word) > 3 and _MEDICAL_SHAPE.search(word):
             return True
@@ -316,7 +328,9 @@ def ner_recognizer():
                 end = start + len(trimmed)
                 if end <= start or is_medical(text, start, end, [t.text for t in span], entity):
                     continue
-                if len(span) == 1 and span[0].tag_ and span[0].tag_ not in PROPER_TAGS:
+                if len(span) == 1 and (
+                    (span[0].tag_ and span[0].tag_ not in PROPER_TAGS) or span[0].lower_ in STOP_WORDS
+                ):
                     continue
                 if entity == "LOCATION" and not personal_place(text, start, end):
                     continue

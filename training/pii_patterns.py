@@ -126,8 +126,6 @@ PERSON_CLUE = (
     r"complains|complained|denies|denied|wants|wanted|lives|lived|attended|missed|arrived|died|underwent)\b)"
 )
 CLUED_NAME = FULL_NAME + PERSON_CLUE
-# After a preposition only a full name counts: "for Ana Ruiz", not "for Medicare".
-PREPOSITION_NAME = rf"(?<=\b(?:for|to|with|from|by|of|about)\s+){FULL_NAME}(?=\s*[,.;:!?)]|\s*$)"
 
 
 def name_clues_recognizer_class():
@@ -178,7 +176,7 @@ def clinic_recognizers() -> list[EntityRecognizer]:
         recognizer("POSTAL_CODE", "PostalCodeRecognizer", [STATE_ZIP, UK_POSTCODE], CASED),
         recognizer("PHONE_NUMBER", "IntlPhoneRecognizer", [INTL_PHONE]),
         recognizer("PERSON", "TitledNameRecognizer", [TITLED_NAME], CASED),
-        NameCluesRecognizer([CONTEXT_NAME, CLUED_NAME, PREPOSITION_NAME]),
+        NameCluesRecognizer([CONTEXT_NAME, CLUED_NAME]),
     ]
     made += [
         recognizer(entity, f"{entity.title().replace('_', '')}Recognizer", [p + ID_VALUE for p in patterns])
