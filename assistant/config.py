@@ -61,7 +61,10 @@ class Settings(BaseSettings):
     )
     backend_concurrency: int = Field(8, ge=1, le=256, description="answers Hone streams from the backend at once")
     gguf_type: str = Field(
-        "F16", pattern="^(F16|BF16|Q8_0|Q4_0|F32)$", description="weights llama.cpp serves the bundled model in"
+        "auto",
+        pattern="^(auto|F16|BF16|Q8_0|Q4_0|F32)$",
+        description="weights llama.cpp serves the bundled model in; auto: F16 or Q8_0, whichever is faster on this "
+        "CPU among those whose answers match the reference (measured once, cached)",
     )
     base_gguf: Path | None = Field(None, description="a GGUF of a non-bundled base model, for llama.cpp serving")
     serve_batch: int = Field(8, ge=1, le=64, description="answers llama.cpp generates together")
@@ -103,6 +106,9 @@ class Settings(BaseSettings):
         0.0, ge=0, description="scheduled retrain this long after the last run, if anything new (0: off)"
     )
     training_min_free_mb: int = Field(500, ge=0, description="free disk under the data home a training run needs")
+    training_niceness: int = Field(
+        10, ge=0, le=19, description="training workers run this much nicer than the server, so chat keeps its speed"
+    )
     retrain_config_file: Path | None = Field(None, description="YAML training config for scheduled runs")
     training_runner: str = Field(
         "local",

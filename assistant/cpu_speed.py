@@ -147,3 +147,17 @@ def training_precision(cache_dir: Path | None) -> Precision:
         timings = {"fp32_ms": time_matmul("float32"), "bf16_ms": time_matmul("bfloat16")}
         _write_cache(path, {**cache, key: timings})
     return choose_bf16(cap, machine, timings["fp32_ms"], timings["bf16_ms"])
+
+
+def describe() -> dict:
+    """What the benchmarks print about the machine: CPU, torch's kernel capability and any emulation limits."""
+    import torch
+
+    return {
+        "cpu_model": cpu_model(),
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_capability": capability(),
+        "torch_threads": torch.get_num_threads(),
+        "emulation": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ},
+    }

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from assistant import gguf_choice
 from assistant.backends import Backend, LlamaCppServer, VLLMServer
 from assistant.config import Settings
 from assistant.engine import BaseEngine, Engine
 from assistant.gguf_files import GGUFUnavailable, base_gguf
+from assistant.model_files import CACHE_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +28,28 @@ def llama_cpp_installed() -> bool:
     return True
 
 
-def llama_gguf(settings: Settings, base_model: str) -> tuple[Path | None, str | None]:
+def llama_gguf(settings: Settings, base_model: str, announce=None) -> tuple[Path | None, str | None]:
     """The GGUF llama.cpp would serve for this base model (made once), or why there is none."""
     if not llama_cpp_installed():
         return None, f"llama-cpp-python is not installed; {INSTALL_HINT}"
+    model_dir = Path(base_model)
     try:
-        return base_gguf(Path(base_model), settings.gguf_type, settings.base_gguf), None
+        return base_gguf(model_dir, serving_type(settings, model_dir, announce), settings.base_gguf), None
     except GGUFUnavailable as exc:
         return None, str(exc)
+
+
+def serving_type(settings: Settings, model_dir: Path, announce=None) -> str:
+    """`gguf_type`, with `auto` measured on this CPU for the bundled model (once, cached beside its GGUFs)."""
+    if settings.gguf_type != "auto":
+        return settings.gguf_type
+    if settings.base_gguf is not None or not (model_dir / CACHE_MARKER).is_file():
+        return "F16"  # not converted by Hone: base_gguf uses the explicit file or says why there is none
+    threads = settings.threads or os.cpu_count() or 1
+    choice = gguf_choice.serving_type(model_dir, lambda t: base_gguf(model_dir, t), threads)
+    if announce:
+        announce(f"[hone] llama.cpp weights {choice.reason}")
+    return choice.gguf_type
 
 
 def make_engine(settings: Settings, base_model: str, announce=print) -> BaseEngine:
@@ -40,7 +57,7 @@ def make_engine(settings: Settings, base_model: str, announce=print) -> BaseEngi
     if settings.engine == "openai":
         return make_remote_engine(settings, base_model, announce)
     if settings.engine != "transformers":
-        gguf, reason = llama_gguf(settings, base_model)
+        gguf, reason = llama_gguf(settings, base_model, announce)
         if gguf is not None:
             from assistant.llama_engine import LlamaEngine
 

@@ -11,7 +11,9 @@ as the current version, starts the real server (`python app.py`) and measures, i
 - in-process references on the same prompt: llama-cpp-python's `Llama` on a Q8_0 GGUF with the adapter as a
   GGUF LoRA (when installed), and transformers fp32 + PEFT (what a naive app does);
 - the server's resident memory with the base and three versions loaded (with `--engine openai`, Hone and
-  the llama.cpp server it runs, together).
+  the llama.cpp server it runs, together);
+- the CPU (torch's kernel capability) and the llama.cpp weight type served (`ASSISTANT_GGUF_TYPE=auto`: F16 or
+  Q8_0, measured on this CPU), with the reason and the figures behind it.
 Prints one JSON object; `targets` holds issue 7's verdicts. Run it on a quiet machine.
 """
 
@@ -32,6 +34,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from assistant import cpu_speed  # noqa: E402
 from assistant.config import Settings  # noqa: E402
 from assistant.model_files import prepare_bundled  # noqa: E402
 from assistant.store import Database  # noqa: E402
@@ -212,6 +215,16 @@ def agreement(tokenizer, a: str, b: str) -> dict:
     return {"identical": a == b, "common_prefix_tokens": same, "api_tokens": len(ta), "reference_tokens": len(tb)}
 
 
+def serving_weights(model_dir: Path) -> dict:
+    """The llama.cpp weight type the server chose (ASSISTANT_GGUF_TYPE=auto), with why and the figures."""
+    from assistant import gguf_choice
+    from assistant.engine_choice import serving_type
+
+    chosen = serving_type(Settings(), model_dir)
+    cached = json.loads((model_dir / gguf_choice.CACHE_FILE).read_text()) if Settings().gguf_type == "auto" else {}
+    return {"setting": Settings().gguf_type, "chosen": chosen, **cached.get(gguf_choice.cache_key(), {})}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -264,6 +277,8 @@ def main() -> None:
         "benchmark": "serve",
         "model": "SmolLM2-135M-Instruct (bundled) + LoRA r16 all-linear, as the current version",
         "engine": health["engine"],
+        "cpu": cpu_speed.describe(),
+        "serving_weights": serving_weights(model_dir),
         "current_version_merged": merged,
         "max_tokens": args.max_tokens,
         "prompt_tokens": runs[0]["prompt_tokens"],

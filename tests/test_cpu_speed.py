@@ -75,3 +75,38 @@ def test_bf16_auto_is_the_default_and_explicit_values_win(source, tmp_path):
         assert "set in the training config" in speed["reason"]
     with pytest.raises(InvalidRequest, match="bf16"):
         load_config({"bf16": "sometimes"})
+
+
+@pytest.mark.parametrize(
+    ("measured", "expected"),
+    [
+        ({"F16": {"tok_s": 139, "agrees": True}, "Q8_0": {"tok_s": 179, "agrees": False}}, "F16"),  # drifts
+        ({"F16": {"tok_s": 139, "agrees": True}, "Q8_0": {"tok_s": 179, "agrees": True}}, "Q8_0"),
+        ({"F16": {"tok_s": 139, "agrees": True}, "Q8_0": {"tok_s": 145, "agrees": True}}, "F16"),  # within noise
+        ({"F16": {"tok_s": 60, "agrees": True}, "Q8_0": {"tok_s": 40, "agrees": True}}, "F16"),
+        ({}, "F16"),
+    ],
+)
+def test_serving_weights_are_the_fastest_that_answer_like_the_reference(measured, expected):
+    from assistant import gguf_choice
+
+    choice = gguf_choice.choose(measured)
+    assert choice.gguf_type == expected and choice.reason.startswith(expected)
+
+
+def test_an_explicit_serving_type_wins_and_auto_is_measured_once(bundled_model_dir):
+    from assistant import gguf_choice
+    from assistant.config import Settings
+    from assistant.engine_choice import llama_cpp_installed, serving_type
+
+    assert serving_type(Settings(gguf_type="Q4_0"), bundled_model_dir) == "Q4_0"
+    if not llama_cpp_installed():
+        pytest.skip("llama-cpp-python is not installed")
+    chosen = serving_type(Settings(gguf_type="auto"), bundled_model_dir)
+    path = bundled_model_dir / gguf_choice.CACHE_FILE
+    cached = json.loads(path.read_text()).get(gguf_choice.cache_key()) if path.exists() else None
+    if cached is None:  # too busy to measure within the probe's budget: the reference serves, nothing is cached
+        assert chosen == gguf_choice.REFERENCE
+    else:
+        assert cached["gguf_type"] == chosen in gguf_choice.CANDIDATES
+        assert cached["measured"][gguf_choice.REFERENCE]["agrees"] is True

@@ -121,3 +121,34 @@ def test_corrections_become_a_candidate_and_a_killed_run_changes_nothing(server)
     assert [v["id"] for v in listed] == ["base", "v1"]
     versions_dir = Path(server.env["ASSISTANT_HOME"]) / "versions"
     assert not list(versions_dir.glob(".staging-*"))
+
+
+def test_a_retrain_completes_while_chats_are_answered(server, tmp_path):
+    """Issue 17: the worker yields the cores to chat (lower priority), chat keeps answering during training, the
+    run finishes, and its model card says which precision it trained in and why."""
+    admin, staff = add_user(server, "co-admin", "admin"), add_user(server, "co-staff", "staff")
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"question": f"What is rule {i}?", "answer": f"Rule {i} is {i}."}) + "\n"
+                          for i in range(8)))  # fmt: skip
+    assert server.cli("import-qa", str(qa)).returncode == 0
+    config = {"max_steps": 6, "batch_size": 2, "validation_percent": 0, "evaluate": False}
+    started = call(server, "POST", "/v1/training/runs", admin, json={"config": config})
+    assert started.status_code == 202, started.text
+    job_url = f"/v1/training/runs/{started.json()['id']}"
+    answered_during, niceness = [], None
+    deadline = time.monotonic() + 300
+    while (job := call(server, "GET", job_url, admin).json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        if not job["progress"].get("step"):
+            time.sleep(0.2)
+            continue
+        if niceness is None:  # field 19 of /proc/PID/stat; the server runs at the test's own niceness
+            niceness = int(Path(f"/proc/{job['pid']}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        answer = chat(server, staff, "Is the office open on Sunday?")
+        if call(server, "GET", job_url, admin).json()["status"] == "running":
+            answered_during.append(answer)
+    assert job["status"] == "succeeded", job
+    assert answered_during and all(a["choices"][0]["message"]["content"] for a in answered_during)
+    assert niceness == min(19, os.nice(0) + 10)
+    card = (Path(server.env["ASSISTANT_HOME"]) / "versions" / job["version"] / "MODEL_CARD.md").read_text()
+    assert "**Precision:**" in card and "`bf16: auto`" in card and "CPU capability" in card

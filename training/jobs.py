@@ -191,6 +191,8 @@ def start(
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "ASSISTANT_DB": str(settings.db), "ASSISTANT_HOME": str(settings.home)}
     env["ASSISTANT_BASE_MODEL"] = settings.base_model
+    # idle OpenMP threads sleep instead of spinning: on a small machine their spinning takes the cores chat needs
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env.pop("ASSISTANT_WEBHOOK_URL", None)
     env.pop("ASSISTANT_WEBHOOK_SECRET", None)
     if settings.webhook_url:  # the worker records training.finished in the outbox; the server delivers it
@@ -289,6 +291,7 @@ def run_worker(settings: Settings, job_id: int) -> int:
     from training.evaluate import evaluate_candidate, write_jsonl
     from training.train import train
 
+    yield_to_chat(settings.training_niceness)
     state = PartialState(cpu=not torch.cuda.is_available())
     if not state.is_main_process:
         return _train_alongside(state, train, staging_dir(settings, job_id) / "adapter", settings.home)
@@ -347,6 +350,16 @@ def run_worker(settings: Settings, job_id: int) -> int:
         if get(database, job_id)["status"] == "running":
             _finish(database, job_id, "failed", error=f"{type(exc).__name__}: {exc}")
         return 1
+
+
+def yield_to_chat(niceness: int) -> None:
+    """Run this worker at a lower priority than the server: when both want the cores, chat gets them and
+    training takes what is left (docs/serving.md has the measured effect)."""
+    if niceness > 0:
+        try:
+            os.nice(niceness)
+        except OSError:  # not allowed here: train at the same priority
+            pass
 
 
 def _claim(database: Database, job_id: int) -> dict | None:
