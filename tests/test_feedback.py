@@ -10,6 +10,7 @@ import pytest
 
 from assistant.store import Database
 from tests.conftest import run_threads
+from training.pii import deployment_gate
 
 
 class Api:
@@ -94,10 +95,13 @@ def test_thumbs_down_and_correction_flow_into_review_and_exports(tiny_server, pe
     chosen = [{"role": "assistant", "content": "The capital of France is Paris."}]
     sft = jsonl(admin.get("/v1/export/sft"))
     assert {"prompt": prompt, "completion": chosen} in sft
+    # exports pass the PII gate: the tiny model's random words can look like a name ("Markov Earlissipp")
+    names = [u["name"] for u in tiny_server.hone.database.query("select name from users")]
+    gated = deployment_gate(names).redact(original)[0]
     dpo = jsonl(admin.get("/v1/export/dpo"))
-    assert {"prompt": prompt, "chosen": chosen, "rejected": [{"role": "assistant", "content": original}]} in dpo
+    assert {"prompt": prompt, "chosen": chosen, "rejected": [{"role": "assistant", "content": gated}]} in dpo
     kto = jsonl(admin.get("/v1/export/kto"))
-    assert {"prompt": prompt, "completion": [{"role": "assistant", "content": original}], "label": False} in kto
+    assert {"prompt": prompt, "completion": [{"role": "assistant", "content": gated}], "label": False} in kto
     assert all(
         row.get("completion") != [{"role": "assistant", "content": "The capital of France is Lyon."}] for row in sft
     )
