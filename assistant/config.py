@@ -147,7 +147,7 @@ class Settings(BaseSettings):
         "version answered; -1 lists them without blocking",
     )
     ledger_min_cosine: float = Field(
-        0.8, ge=0.0, le=1.0, description="correction ledger: an answer is correct at this cosine to the approved one"
+        0.85, ge=0.0, le=1.0, description="correction ledger: an answer is correct at this cosine to the approved one"
     )
 
     ab_auto_rollback: bool = Field(
