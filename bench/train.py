@@ -78,7 +78,7 @@ def projection(steps: list[tuple[str, int, float]], started: float, build, confi
     """Steady seconds per SFT step (from the first step logged to the last), and the uncapped phase's projected
     length: the time to the first step (loading, tokenising, step 1) plus the rest at the steady pace."""
     sft = [(step, at) for phase, step, at in steps if phase == "sft"]
-    full = full_sft_steps(len(build.sft_train) + len(build.replay), config)
+    full = full_sft_steps(len(build.sft_train) + len(build.sft_augmented) + len(build.replay), config)
     if len(sft) < 2:
         return {"full_steps": full}
     (first_step, first_at), (last_step, last_at) = sft[0], sft[-1]
@@ -124,7 +124,7 @@ def main() -> None:
         library = None
         if args.compare_steps:
             with contextlib.redirect_stdout(sys.stderr):
-                rows = build.sft_train + build.replay
+                rows = build.sft_train + build.sft_augmented + build.replay
                 library = library_defaults_speed(base_model, rows, args.compare_steps, str(Path(workdir) / "lib"))
         started = time.perf_counter()
         steps: list[tuple[str, int, float]] = []
