@@ -107,10 +107,15 @@ class ChatService:
         if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
             raise InvalidRequest("temperature must be a number from 0 to 2.")
         if top_p is None:
-            top_p = 1.0
+            top_p = self.settings.default_top_p
         if isinstance(top_p, bool) or not isinstance(top_p, int | float) or not 0 < top_p <= 1:
             raise InvalidRequest("top_p must be a number above 0 and at most 1.")
-        return SamplingParams(max_new_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p))
+        return SamplingParams(
+            max_new_tokens=max_tokens,
+            temperature=float(temperature),
+            top_p=float(top_p),
+            repetition_penalty=self.settings.repetition_penalty,
+        )
 
     def own_conversation(self, user: User, conversation_id: object) -> dict:
         if isinstance(conversation_id, bool) or not isinstance(conversation_id, int):
@@ -355,7 +360,9 @@ class ChatService:
             first_token_ms=None,
         )
 
-    def stop(self, user: User, message_id: int | None = None, conversation_id: int | None = None) -> bool:
+    def stop(
+        self, user: User, message_id: int | None = None, conversation_id: int | None = None, wait_s: float = 0.0
+    ) -> bool:
         """Stop the user's running answer (by answer id or conversation); True if one was running.
 
         Ownership is checked against the database, not only the running turns, so an answer that
@@ -377,4 +384,6 @@ class ChatService:
             turns = [t for t in turns if message_id is None or t.message_id == message_id]
         for turn in turns:
             turn.cancel()
+        for turn in turns:  # up to wait_s for the stopped answers to be stored (the UI redraws from the store)
+            turn.generation.wait(wait_s)
         return bool(turns)

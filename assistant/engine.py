@@ -40,6 +40,7 @@ class SamplingParams:
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
+    repetition_penalty: float = 1.0  # HF's formula over prompt + answer tokens; 1.0 = off (evaluation)
 
 
 @dataclass
@@ -351,6 +352,8 @@ class Engine(BaseEngine):
             "stopping_criteria": StoppingCriteriaList([_CancelCriterion(generation.cancel_event)]),
             "pad_token_id": self.tokenizer.pad_token_id,
         }
+        if params.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = params.repetition_penalty
         if params.temperature > 0:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         else:

@@ -44,6 +44,7 @@ class _Sequence:
     last: int | None = None  # sampled token not yet fed
     logits_index: int = -1
     produced: list[int] = field(default_factory=list)
+    seen: set[int] = field(default_factory=set)  # prompt + answer tokens, for the repetition penalty
 
     @property
     def position(self) -> int:
@@ -270,7 +271,8 @@ class LlamaEngine(BaseEngine):
             waiting.pop(0)
             streamer = _QueueStreamer(self.tokenizer, generation)
             streamer.next_tokens_are_prompt = False
-            lane.running.append(_Sequence(generation, slots[0], prompt, need, streamer, np.random.default_rng()))
+            seq = _Sequence(generation, slots[0], prompt, need, streamer, np.random.default_rng(), seen=set(prompt))
+            lane.running.append(seq)
         return waiting
 
     def _step(self, lane: _Lane) -> None:
@@ -315,12 +317,16 @@ class LlamaEngine(BaseEngine):
     def _advance(self, lane: _Lane, seq: _Sequence) -> None:
         generation = seq.generation
         params = generation.params
-        token = _sample(lane.logits(seq.logits_index), params.temperature, params.top_p, seq.rng)
+        logits = lane.logits(seq.logits_index)
+        if params.repetition_penalty != 1.0:
+            logits = penalise_repeats(logits, seq.seen, params.repetition_penalty)
+        token = _sample(logits, params.temperature, params.top_p, seq.rng)
         if token in self._eos:
             generation.completion_tokens += 1  # counted as the reference engine counts it
             self._end(lane, seq, "stop")
             return
         seq.produced.append(token)
+        seq.seen.add(token)
         seq.streamer.put(np.array([token]))
         if generation.cancel_event.is_set():
             self._end(lane, seq, "cancelled")
@@ -346,6 +352,16 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def penalise_repeats(logits: np.ndarray, seen: set[int], penalty: float) -> np.ndarray:
+    """HF's RepetitionPenaltyLogitsProcessor, the same float32 arithmetic: every token already in the prompt or
+    the answer has its logit divided by `penalty` (multiplied when negative), so greedy answers match."""
+    out = np.array(logits, dtype=np.float32)  # a copy: llama.cpp owns the logits buffer
+    ids = np.fromiter(seen, dtype=np.int64, count=len(seen))
+    scores = out[ids]
+    out[ids] = np.where(scores < 0, scores * np.float32(penalty), scores / np.float32(penalty))
+    return out
 
 
 def _sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:

@@ -115,7 +115,7 @@ class RemoteEngine(BaseEngine):
             "max_tokens": params.max_new_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
-            **self.backend.neutral_sampling,
+            **_with_penalty(self.backend.neutral_sampling, params.repetition_penalty),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -148,6 +148,15 @@ class RemoteEngine(BaseEngine):
     def close(self) -> None:
         self.backend.close()
         self._client.close()
+
+
+PENALTY_KEYS = ("repetition_penalty", "repeat_penalty")  # vLLM's name (HF's formula), llama.cpp server's
+
+
+def _with_penalty(neutral: dict, penalty: float) -> dict:
+    """The backend's neutral sampling with the request's repetition penalty under the backend's own key name
+    (llama.cpp's server counts only its last 64 tokens; vLLM, like the in-process engines, prompt and answer)."""
+    return {k: (penalty if k in PENALTY_KEYS else v) for k, v in neutral.items()}
 
 
 def _events(lines: Iterator[str]) -> Iterator[dict]:

@@ -101,6 +101,10 @@ def state_line(stats: dict) -> str:
     return head + f" Automatic rollback: {rollback}. p: two-sided test against the current version."
 
 
+def candidate_names(hone: Hone) -> list[str]:
+    return [v["id"] for v in versions.list_all(hone.database) if v["status"] == "candidate"]
+
+
 def build_ab_accordion(hone: Hone):
     """Build the accordion inside the Admin tab; returns (refresh handler, its outputs) for the tab's select."""
     with gr.Accordion("Live A/B test", open=False):
@@ -121,10 +125,9 @@ def build_ab_accordion(hone: Hone):
 
     def view(metric_name: str):
         stats = hone.ab.stats()
-        names = [v["id"] for v in versions.list_all(hone.database) if v["status"] == "candidate"]
         return (
             state_line(stats),
-            gr.update(choices=names, value=stats["candidate"]),
+            gr.update(choices=candidate_names(hone), value=stats["candidate"]),
             gr.update(value=round(stats["split"] * 100) if stats["active"] else 0),
             table_rows(stats),
             plot_frame(stats, metric_name or "thumbs_up_rate"),
@@ -146,7 +149,18 @@ def build_ab_accordion(hone: Hone):
         guard(hone, request, "admin")
         return plot_frame(hone.ab.stats(), metric_name or "thumbs_up_rate")
 
+    def refresh_candidates(known: list[str] | None, request: gr.Request):
+        """Keep the candidate list current while the tab stays open (a run just registered one, a promotion
+        took one): the choices change only when the versions did, so a pick being made is left alone."""
+        guard(hone, request, "admin")
+        names = candidate_names(hone)
+        if names == (known or []):
+            return gr.skip(), gr.skip()
+        return gr.update(choices=names), names
+
+    known = gr.State([])
+    candidates_refresh = (refresh_candidates, [known], [candidate, known])
     outputs = [state, candidate, split, table, plot]
     set_button.click(set_split, [candidate, split, metric], outputs, api_name="set_ab")
     metric.change(replot, [metric], [plot], api_name=False)
-    return refresh, [metric], outputs
+    return refresh, [metric], outputs, candidates_refresh

@@ -100,7 +100,7 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
                     export_data_button = gr.Button("Export the training data", elem_id="admin-export-data")
                 export_file = gr.File(label="Download (zip)", elem_id="admin-export-file")
             poll = gr.Timer(2.0, active=False)  # started when an admin opens this tab
-        ab_refresh, ab_inputs, ab_outputs = build_ab_accordion(hone)
+        ab_refresh, ab_inputs, ab_outputs, ab_candidates = build_ab_accordion(hone)
         with gr.Accordion("Reviewer agreement and adjudication", open=False):
             refresh_agreement = gr.Button("Refresh")
             reviewer_table = gr.Dataframe(headers=["reviewer", "compared", "agreement"], label="Per reviewer")
@@ -375,7 +375,9 @@ def build_admin_tab(hone: Hone) -> gr.Tab:
     training_outputs = [status_view, schedule_status, loss_plot, versions_table, gate_view]
     retrain.click(start_run, [overrides, runner_pick], training_outputs, api_name="retrain")
     cancel_run.click(cancel_latest, None, training_outputs, api_name="cancel_training")
-    poll.tick(refresh_training, None, training_outputs, api_name=False, show_progress="hidden")
+    poll.tick(refresh_training, None, training_outputs, api_name=False, show_progress="hidden").then(
+        *ab_candidates, api_name=False, show_progress="hidden"
+    )  # a run that ends, or a promotion elsewhere, shows up in the A/B candidate list without a reload
     promote.click(
         version_action("promote"),
         [version_pick, reason, override],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 
 import gradio as gr
 
@@ -12,7 +13,12 @@ from assistant.errors import HoneError
 from assistant.feedback import REASONS
 from assistant.services import Hone
 from assistant.store import conversations
-from assistant.ui.common import guard, ui_error
+from assistant.store import feedback as feedback_store
+from assistant.ui.common import guard, one_message, ui_error
+from assistant.ui.render import quote
+
+STOP_WAIT_S = 30.0  # Stop redraws once the answer is stored; a stopped answer ends at its next token
+CUT_OFF_NOTE = "cut off at the token limit (raise Max new tokens in Settings, then Retry)"
 
 
 def _answer_footer(row: dict, drew_on: str | None = None) -> str:
@@ -21,6 +27,8 @@ def _answer_footer(row: dict, drew_on: str | None = None) -> str:
         note += " · stopped"
     elif row["status"] in ("error", "interrupted"):
         note += f" · {row['status']}"
+    elif row.get("finish_reason") == "length":
+        note += f" · {CUT_OFF_NOTE}"
     memory_note = f" · {html.escape(drew_on)}" if drew_on else ""
     return f"\n\n<sub>answered by {html.escape(note)} · #{row['id']}{memory_note}</sub>"
 
@@ -52,6 +60,43 @@ def answer_choices(hone: Hone, conversation_id: int | None) -> gr.update:
 
 
 REASON_CHOICES = [(r.replace("_", " "), r) for r in REASONS]
+THUMB_WORDS = {"up": "👍 good", "down": "👎 bad"}
+
+
+def given_feedback(hone: Hone, user: User, answer_id: int | None) -> tuple:
+    """The feedback panel showing what this user already said about the answer: thumb, rating, reasons, comment
+    (their latest, to edit), and a line that also quotes their latest correction."""
+    if answer_id is None:
+        return None, None, [], "", ""
+    given = feedback_store.latest_feedback_by(hone.database, int(answer_id), user.id)
+    corrected = feedback_store.latest_correction(hone.database, int(answer_id))
+    if corrected is not None and corrected["user_id"] != user.id:
+        corrected = None
+    if given is None and corrected is None:
+        return None, None, [], "", f"No feedback from you on answer #{answer_id} yet."
+    given = given or {"thumb": None, "rating": None, "reasons": None, "comment": None}
+    reasons = json.loads(given["reasons"] or "[]")
+    bits = [THUMB_WORDS.get(given["thumb"] or "", "")]
+    if given["rating"]:
+        bits.append(f"rating {given['rating']}/5")
+    if reasons:
+        bits.append(", ".join(r.replace("_", " ") for r in reasons))
+    if given["comment"]:
+        bits.append(f"“{quote(given['comment'])}”")
+    line = f"**Your feedback on answer #{answer_id}:** " + (" · ".join(b for b in bits if b) or "none")
+    if corrected is not None:
+        line += f"\n\n**Your correction:**\n\n> {quote(corrected['corrected'])}"
+    return given["thumb"], given["rating"], reasons, given["comment"] or "", line
+
+
+def thumbs_shown(hone: Hone, user: User, conversation_id: int | None) -> list[str | None]:
+    """The Chatbot's thumbs: this user's latest thumb on each shown answer, in order."""
+    thumbs = []
+    for r in shown_rows(hone, conversation_id):
+        if r["role"] == "assistant":
+            given = feedback_store.latest_feedback_by(hone.database, r["id"], user.id)
+            thumbs.append({"up": "Like", "down": "Dislike"}.get((given or {}).get("thumb") or ""))
+    return thumbs
 
 
 def conversation_choices(hone: Hone, user: User) -> list[tuple[str, int]]:
@@ -121,6 +166,10 @@ def build_chat_tab(hone: Hone) -> None:
 
     def send(text: str, conv_id: int | None, temp: float, max_new: float, request: gr.Request):
         user = guard(hone, request, "staff")
+        if not (text or "").strip():  # Enter on an empty box: nothing to send, nothing to complain about
+            yield (gr.skip(),) * 5
+            return
+        before = render_history(hone, conv_id) if conv_id is not None else []  # read before the turn is stored
         try:
             turn = hone.chat.start(
                 user,
@@ -131,14 +180,14 @@ def build_chat_tab(hone: Hone) -> None:
             )
         except HoneError as exc:
             raise ui_error(exc) from exc
-        shown = render_history(hone, conv_id) + [{"role": "user", "content": text}]
-        yield shown, turn.conversation_id, "", gr.update(), gr.update()
-        for current in stream_turn(user, turn, shown):
-            yield current, turn.conversation_id, "", gr.update(), gr.update()
+        shown = before + [{"role": "user", "content": text}]
+        yield shown, turn.conversation_id, "", gr.update(), gr.update()  # the box empties once, when sent
+        for current in stream_turn(user, turn, shown):  # ...and never again: a follow-up may be typed meanwhile
+            yield current, turn.conversation_id, gr.update(), gr.update(), gr.update()
         yield (
             current,
             turn.conversation_id,
-            "",
+            gr.update(),
             gr.update(choices=conversation_choices(hone, user), value=turn.conversation_id),
             answer_choices(hone, turn.conversation_id),
         )
@@ -158,13 +207,16 @@ def build_chat_tab(hone: Hone) -> None:
             yield current, gr.update()
         yield current, answer_choices(hone, conv_id)
 
-    def stop(conv_id: int | None, request: gr.Request) -> None:
+    def stop(conv_id: int | None, request: gr.Request):
+        """Stop the answer, then show the conversation as stored (the cancelled stream never draws its end)."""
         user = guard(hone, request, "staff")
-        if conv_id is not None:
-            try:
-                hone.chat.stop(user, conversation_id=conv_id)
-            except HoneError as exc:
-                raise ui_error(exc) from exc
+        if conv_id is None:
+            return gr.update(), gr.update()
+        try:
+            hone.chat.stop(user, conversation_id=conv_id, wait_s=STOP_WAIT_S)
+        except HoneError as exc:
+            raise ui_error(exc) from exc
+        return render_history(hone, conv_id), answer_choices(hone, conv_id)
 
     def new_conversation(request: gr.Request):
         guard(hone, request, "staff")
@@ -200,7 +252,28 @@ def build_chat_tab(hone: Hone) -> None:
             raise ui_error(exc) from exc
         saved = [p for p, v in (("feedback", result.feedback_id), ("correction", result.correction_id)) if v]
         note = f"Thanks: your {' and '.join(saved)} on answer #{result.message_id} is saved."
-        return note, None, None, [], "", ""
+        *fields, given_line = given_feedback(hone, user, result.message_id)
+        return f"{note}\n\n{given_line}", *fields, ""
+
+    def show_feedback(answer_id, request: gr.Request):
+        user = guard(hone, request, "staff")
+        if answer_id is not None:
+            row = conversations.message(hone.database, int(answer_id))
+            try:
+                hone.chat.own_conversation(user, row["conversation_id"] if row else -1)
+            except HoneError as exc:
+                raise ui_error(exc) from exc
+        thumb_value, rating_value, reason_values, comment_text, line = given_feedback(hone, user, answer_id)
+        return thumb_value, rating_value, reason_values, comment_text, line
+
+    def show_thumbs(conv_id: int | None, request: gr.Request):
+        user = guard(hone, request, "staff")
+        if conv_id is not None:
+            try:
+                hone.chat.own_conversation(user, conv_id)
+            except HoneError as exc:
+                raise ui_error(exc) from exc
+        return gr.update(feedback_value=thumbs_shown(hone, user, conv_id))
 
     def start_correction(answer_id, request: gr.Request):
         user = guard(hone, request, "staff")
@@ -218,12 +291,12 @@ def build_chat_tab(hone: Hone) -> None:
         rows = shown_rows(hone, conv_id)
         index = like.index if isinstance(like.index, int) else like.index[0]
         if not 0 <= index < len(rows) or rows[index]["role"] != "assistant" or like.liked not in (True, False):
-            return gr.update()
+            return gr.update(), *([gr.update()] * 5)
         try:
             hone.feedback.submit(user, rows[index]["id"], thumb="up" if like.liked else "down")
         except HoneError as exc:
             raise ui_error(exc) from exc
-        return gr.update(value=rows[index]["id"])
+        return gr.update(value=rows[index]["id"]), *given_feedback(hone, user, rows[index]["id"])
 
     def list_conversations(request: gr.Request):
         user = guard(hone, request, "staff")
@@ -231,25 +304,40 @@ def build_chat_tab(hone: Hone) -> None:
 
     send_inputs = [message, conversation_id, temperature, max_tokens]
     send_outputs = [chatbot, conversation_id, message, history_list, answer_pick]
-    submit_event = message.submit(send, send_inputs, send_outputs, api_name="chat")
-    click_event = send_button.click(send, send_inputs, send_outputs, api_name=False)
+    submit_event = message.submit(send, send_inputs, send_outputs, api_name="chat", **one_message(chatbot))
+    click_event = send_button.click(send, send_inputs, send_outputs, api_name=False, **one_message(chatbot))
     retry_event = retry_button.click(
-        retry, [conversation_id, temperature, max_tokens], [chatbot, answer_pick], api_name="retry"
+        retry,
+        [conversation_id, temperature, max_tokens],
+        [chatbot, answer_pick],
+        api_name="retry",
+        **one_message(chatbot),
     )
-    stop_button.click(stop, [conversation_id], None, api_name="stop", cancels=[submit_event, click_event, retry_event])
+    stop_button.click(
+        stop,
+        [conversation_id],
+        [chatbot, answer_pick],
+        api_name="stop",
+        cancels=[submit_event, click_event, retry_event],
+    )
+    for finished in (submit_event, click_event, retry_event):
+        finished.then(show_thumbs, [conversation_id], [chatbot], api_name=False, show_progress="hidden")
     new_button.click(
         new_conversation, None, [chatbot, conversation_id, history_list, answer_pick], api_name="new_conversation"
     )
     history_list.input(
         open_conversation, [history_list], [chatbot, conversation_id, answer_pick], api_name="open_conversation"
-    )
+    ).then(show_thumbs, [conversation_id], [chatbot], api_name=False, show_progress="hidden")
     feedback_inputs = [answer_pick, thumb, rating, reasons, comment, correction]
     send_feedback.click(
         give_feedback,
         feedback_inputs,
         [feedback_status, thumb, rating, reasons, comment, correction],
         api_name="feedback",
+        **one_message(feedback_status),
     )
     edit_answer.click(start_correction, [answer_pick], [correction], api_name="start_correction")
-    chatbot.like(thumb_from_chat, [conversation_id], [answer_pick], api_name=False)
+    feedback_fields = [thumb, rating, reasons, comment, feedback_status]
+    answer_pick.change(show_feedback, [answer_pick], feedback_fields, api_name=False, show_progress="hidden")
+    chatbot.like(thumb_from_chat, [conversation_id], [answer_pick, *feedback_fields], api_name=False)
     return list_conversations, history_list

@@ -47,3 +47,10 @@ def discard_upload(path: str) -> None:
 
 def ui_error(exc: HoneError) -> gr.Error:
     return gr.Error(exc.message)
+
+
+def one_message(status: gr.components.Component) -> dict:
+    """Event options for a form whose handler may refuse (gr.Error): the message shows once, in Gradio's toast,
+    and only `status` (the form's status line, or the chat) shows progress and the failure. By default every
+    output would show it, turning each field of the form into a red "Error" badge."""
+    return {"show_progress_on": [status]}

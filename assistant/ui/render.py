@@ -50,6 +50,18 @@ def counts_line(counts: dict) -> str:
     )
 
 
+ETA_MIN_STEPS = 2  # a phase's clock starts at its first report, so step 1 has no elapsed time to go on
+
+
+def eta_text(step: int, total: int, eta_s: float | None) -> str:
+    """Time left in a phase, once a few steps give a rate to go on (step 1 would always say 0 s)."""
+    if step >= total:
+        return "ETA: finishing"
+    if step < ETA_MIN_STEPS or eta_s is None:
+        return "ETA: estimating…"
+    return f"ETA {eta_s:.0f} s"
+
+
 def run_status(job: dict | None) -> str:
     """A training run as HTML: a progress bar for the current phase, then step, loss, ETA, outcome."""
     if job is None:
@@ -60,7 +72,8 @@ def run_status(job: dict | None) -> str:
         parts.append(f"on {html.escape(job['runner'])}")
     bar = ""
     if p.get("total"):
-        parts.append(f"step {p['step']}/{p['total']} · loss {p['loss']:.4f} · ETA {p.get('eta_s') or 0:.0f} s")
+        loss = "–" if p.get("loss") is None else f"{p['loss']:.4f}"
+        parts.append(f"step {p['step']}/{p['total']} · loss {loss} · {eta_text(p['step'], p['total'], p.get('eta_s'))}")
         bar = f'<progress id="admin-progress" max="{p["total"]}" value="{p["step"]}"></progress>'
     if job["version"]:
         parts.append(f"registered <b>{html.escape(job['version'])}</b>")
