@@ -83,3 +83,33 @@ def test_the_review_tab_decides_only_the_correction_it_showed(tiny_server, clien
     saved = database.one("select * from reviews where message_id = ?", [answer_id])
     latest = database.one("select max(id) as id from corrections where message_id = ?", [answer_id])["id"]
     assert (saved["correction_decision"], saved["correction_id"]) == ("approve", latest)
+
+
+def _text(message: dict) -> str:
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
+
+
+def test_the_chat_marks_cut_offs_shows_each_question_once_and_the_feedback_given(tiny_server):
+    from assistant.ui.chat_tab import CUT_OFF_NOTE
+
+    tiny_server.add_user("ui-staff-ux", "staff")
+    client = ui_client(tiny_server.url, "ui-staff-ux", "ui-staff-ux-password")
+    history, _, _, answers = client.predict("First question?", 0.0, 16, api_name="/chat")
+    assert CUT_OFF_NOTE in _text(history[-1])  # the tiny model never ends by itself: 16 tokens, then cut
+    job = client.submit("Second question?", 0.0, 16, api_name="/chat")
+    job.result()
+    for shown in job.outputs():  # every streamed frame, not only the last (which is redrawn from the store)
+        asked = [_text(m) for m in shown[0] if m["role"] == "user"]
+        assert asked == ["First question?", "Second question?"], asked
+    # Stop redraws the conversation as stored
+    stopped_view, stopped_answers = client.predict(api_name="/stop")
+    assert [_text(m) for m in stopped_view if m["role"] == "user"] == ["First question?", "Second question?"]
+    answer_id = stopped_answers["value"]
+
+    # the feedback just given stays in the panel, and the status line repeats it
+    status, thumb, rating, reasons, comment, correction = client.predict(
+        answer_id, "down", 2, ["incomplete"], "too short", "", api_name="/feedback"
+    )
+    assert (thumb, rating, reasons, comment, correction) == ("down", 2, ["incomplete"], "too short", "")
+    assert f"Your feedback on answer #{answer_id}:" in status and "rating 2/5" in status and "incomplete" in status
