@@ -199,7 +199,6 @@ GRADIO_ROLES: dict[str, str] = {
     "private:send": "staff",  # the Send button (the Enter key is the public /chat)
     "private:thumb_from_chat": "staff",
     "private:show_feedback": "staff",
-    "private:show_thumbs": "staff",
     "private:refresh_candidates": "admin",
     "private:replot": "admin",
     "private:refresh_training": "admin",
@@ -262,8 +261,7 @@ GRADIO_CALLS: dict[str, dict] = {
         "event_data": {"index": [1, 0], "value": "x", "liked": True},
         "ok": True,
     },
-    "private:show_feedback": {"data": [None], "ok": True},
-    "private:show_thumbs": {"data": [None], "ok": True},
+    "private:show_feedback": {"data": [None, None], "ok": True},
     "private:refresh_candidates": {"data": [[]], "ok": True},
     "private:replot": {"data": ["thumbs_up_rate"], "ok": True},
     "private:refresh_training": {"data": [], "ok": True},

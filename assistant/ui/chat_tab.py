@@ -255,25 +255,19 @@ def build_chat_tab(hone: Hone) -> None:
         *fields, given_line = given_feedback(hone, user, result.message_id)
         return f"{note}\n\n{given_line}", *fields, ""
 
-    def show_feedback(answer_id, request: gr.Request):
+    def show_feedback(answer_id, conv_id: int | None, request: gr.Request):
+        """The panel and the chat's thumbs show the feedback already given (also after reopening a conversation)."""
         user = guard(hone, request, "staff")
-        if answer_id is not None:
-            row = conversations.message(hone.database, int(answer_id))
-            try:
-                hone.chat.own_conversation(user, row["conversation_id"] if row else -1)
-            except HoneError as exc:
-                raise ui_error(exc) from exc
-        thumb_value, rating_value, reason_values, comment_text, line = given_feedback(hone, user, answer_id)
-        return thumb_value, rating_value, reason_values, comment_text, line
-
-    def show_thumbs(conv_id: int | None, request: gr.Request):
-        user = guard(hone, request, "staff")
-        if conv_id is not None:
-            try:
+        try:
+            if conv_id is not None:
                 hone.chat.own_conversation(user, conv_id)
-            except HoneError as exc:
-                raise ui_error(exc) from exc
-        return gr.update(feedback_value=thumbs_shown(hone, user, conv_id))
+            if answer_id is not None:
+                row = conversations.message(hone.database, int(answer_id))
+                hone.chat.own_conversation(user, row["conversation_id"] if row else -1)
+        except HoneError as exc:
+            raise ui_error(exc) from exc
+        thumbs = gr.update(feedback_value=thumbs_shown(hone, user, conv_id))
+        return *given_feedback(hone, user, answer_id), thumbs
 
     def start_correction(answer_id, request: gr.Request):
         user = guard(hone, request, "staff")
@@ -320,14 +314,12 @@ def build_chat_tab(hone: Hone) -> None:
         api_name="stop",
         cancels=[submit_event, click_event, retry_event],
     )
-    for finished in (submit_event, click_event, retry_event):
-        finished.then(show_thumbs, [conversation_id], [chatbot], api_name=False, show_progress="hidden")
     new_button.click(
         new_conversation, None, [chatbot, conversation_id, history_list, answer_pick], api_name="new_conversation"
     )
     history_list.input(
         open_conversation, [history_list], [chatbot, conversation_id, answer_pick], api_name="open_conversation"
-    ).then(show_thumbs, [conversation_id], [chatbot], api_name=False, show_progress="hidden")
+    )
     feedback_inputs = [answer_pick, thumb, rating, reasons, comment, correction]
     send_feedback.click(
         give_feedback,
@@ -338,6 +330,12 @@ def build_chat_tab(hone: Hone) -> None:
     )
     edit_answer.click(start_correction, [answer_pick], [correction], api_name="start_correction")
     feedback_fields = [thumb, rating, reasons, comment, feedback_status]
-    answer_pick.change(show_feedback, [answer_pick], feedback_fields, api_name=False, show_progress="hidden")
+    answer_pick.change(  # each answer, retry, stop and reopened conversation ends by setting the answer picked
+        show_feedback,
+        [answer_pick, conversation_id],
+        [*feedback_fields, chatbot],
+        api_name=False,
+        show_progress="hidden",
+    )
     chatbot.like(thumb_from_chat, [conversation_id], [answer_pick, *feedback_fields], api_name=False)
     return list_conversations, history_list
