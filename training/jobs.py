@@ -355,11 +355,18 @@ def run_worker(settings: Settings, job_id: int) -> int:
 def yield_to_chat(niceness: int) -> None:
     """Run this worker at a lower priority than the server: when both want the cores, chat gets them and
     training takes what is left (docs/serving.md has the measured effect)."""
-    if niceness > 0:
-        try:
-            os.nice(niceness)
-        except OSError:  # not allowed here: train at the same priority
-            pass
+    if niceness <= 0:
+        return
+    try:
+        os.nice(niceness)
+    except OSError:  # not allowed here: train at the same priority
+        pass
+    # With autogroup scheduling (most Linux distributions) the kernel shares the CPU between sessions first and
+    # only then by niceness; the worker has a session of its own, so its session's share is lowered as well.
+    try:
+        Path("/proc/self/autogroup").write_text(str(niceness))
+    except OSError:  # no autogroup here: niceness alone decides
+        pass
 
 
 def _claim(database: Database, job_id: int) -> dict | None:
