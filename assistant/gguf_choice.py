@@ -6,6 +6,9 @@ fp32 reference. F16 is the reference here (that test proves it equal to fp32 PEF
 if its greedy answers to the same prompts are identical to F16's, and it is chosen only if it also decodes
 clearly faster. Measured once per CPU and llama.cpp build (a few seconds), cached beside the GGUF files.
 
+The probe runs in a child process: some llama.cpp builds crash on some CPUs for some types (Q8_0 through the
+AMX kernels on a Sapphire Rapids, seen here), and a type that crashes is disqualified, not the server.
+
 `choose` is a pure function of the measurements, for tests.
 """
 
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -119,6 +124,38 @@ def measure(ggufs: dict[str, Path], threads: int, rounds: int = 2, budget_s: flo
             llm.close()
 
 
+def _run_child(ggufs: dict[str, Path], threads: int, budget_s: float) -> dict[str, dict] | None:
+    """`measure` in a child process: its figures, or None if llama.cpp crashed there."""
+    args = {"ggufs": {t: str(g) for t, g in ggufs.items()}, "threads": threads, "budget_s": budget_s}
+    ran = subprocess.run(
+        [sys.executable, "-m", "assistant.gguf_choice", json.dumps(args)],
+        capture_output=True,
+        text=True,
+        timeout=budget_s * 4 + 60,
+    )
+    if ran.returncode == 3:
+        raise ProbeTooSlow(ran.stdout.strip())
+    if ran.returncode != 0:
+        return None
+    return json.loads(ran.stdout.splitlines()[-1])
+
+
+def measure_apart(ggufs: dict[str, Path], threads: int, budget_s: float = BUDGET_S) -> tuple[dict[str, dict], list]:
+    """`measure` out of process. If the run crashes, each type is tried alone: those that crash alone are
+    dropped (returned second) and the rest measured together. The reference crashing is an error."""
+    runs = _run_child(ggufs, threads, budget_s)
+    if runs is not None:
+        return runs, []
+    crashed = [t for t, g in ggufs.items() if _run_child({t: g}, threads, budget_s) is None]
+    if REFERENCE in crashed:
+        raise RuntimeError(f"llama.cpp crashes serving the {REFERENCE} GGUF on this CPU")
+    survivors = {t: g for t, g in ggufs.items() if t not in crashed}
+    runs = _run_child(survivors, threads, budget_s)
+    if runs is None:
+        raise RuntimeError("llama.cpp crashed measuring the serving types together but not alone")
+    return runs, crashed
+
+
 def serving_type(model_dir: Path, make_gguf, threads: int) -> Choice:
     """The type to serve this bundled model folder in on this machine (cached in `model_dir`).
     `make_gguf(type)` returns that type's GGUF, converting it on first use."""
@@ -131,12 +168,15 @@ def serving_type(model_dir: Path, make_gguf, threads: int) -> Choice:
     if key in cache:
         return Choice(**cache[key])
     try:
-        runs = measure({t: make_gguf(t) for t in CANDIDATES}, threads)
+        runs, crashed = measure_apart({t: make_gguf(t) for t in CANDIDATES}, threads)
     except ProbeTooSlow as exc:  # not cached: the next start measures again
         return Choice(REFERENCE, f"{REFERENCE}: the reference; {exc}, so nothing was compared", {})
     reference = runs[REFERENCE]["answers"]
     measured = {t: {"tok_s": r["tok_s"], "agrees": r["answers"] == reference} for t, r in runs.items()}
     choice = choose(measured)
+    if crashed:
+        measured.update({t: {"tok_s": 0.0, "agrees": False, "crashed": True} for t in crashed})
+        choice = Choice(choice.gguf_type, f"{choice.reason}; {', '.join(crashed)} crashed llama.cpp here", measured)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{CACHE_FILE}.", dir=model_dir)
         with os.fdopen(fd, "w") as f:
@@ -145,3 +185,15 @@ def serving_type(model_dir: Path, make_gguf, threads: int) -> Choice:
     except OSError:  # a read-only model folder: measure again next start
         pass
     return choice
+
+
+if __name__ == "__main__":  # the child of `_run_child`: figures as one JSON line, exit 3 if the machine is too busy
+    request = json.loads(sys.argv[1])
+    try:
+        figures = measure(
+            {t: Path(g) for t, g in request["ggufs"].items()}, request["threads"], budget_s=request["budget_s"]
+        )
+    except ProbeTooSlow as exc:
+        print(exc)
+        sys.exit(3)
+    print(json.dumps(figures))
