@@ -172,6 +172,16 @@ class ChatService:
         """The approved answer this question should draw on, if memory is on and one is close enough."""
         if not (self.settings.memory if use_memory is None else use_memory):
             return None
+        try:
+            return self.memory.recall(
+                question,
+                serve_at=self.settings.memory_serve_threshold,
+                prompt_at=self.settings.memory_prompt_threshold,
+                allow_serve=allow_serve,
+            )
+        except Exception:  # the memory helps an answer; it never stops one
+            log.exception("correction memory lookup failed")
+            return None
 
     def retry(self, user: User, conversation_id: int, *, max_tokens: object = None, temperature: object = None) -> Turn:
         """Answer the conversation's last user message again; the new answer replaces the last one."""

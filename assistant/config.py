@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -186,8 +187,10 @@ class Settings(BaseSettings):
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
+            # a JSON list (as the remote runners send settings) or a comma-separated line (as people write it)
+            value = json.loads(value) if value.lstrip().startswith("[") else [p.strip() for p in value.split(",")]
         if isinstance(value, list):
+            value = [part for part in value if part]
             for origin in value:
                 if not isinstance(origin, str) or not ORIGIN.fullmatch(origin):
                     raise ValueError(f"{origin!r} is not an origin: use scheme://host[:port], no path")

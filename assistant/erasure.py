@@ -148,6 +148,8 @@ def _erase(database: Database, record: dict, actor: str, note: str | None = None
         # The lineage rows go too: a message id may be reused by SQLite once the row is gone.
         for chunk in _chunks(touched, size):
             db.execute(f"delete from version_rows where message_id in ({_marks(chunk)})", chunk)
+            # the correction ledger keeps models' answers to those questions: they go as well
+            db.execute(f"delete from correction_ledger where message_id in ({_marks(chunk)})", chunk)
         erasure_id = (
             db["erasures"]
             .insert(

@@ -11,6 +11,7 @@ threshold, or put into the prompt above the (lower) prompt threshold.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 from dataclasses import dataclass
@@ -139,11 +140,12 @@ def forget(database: Database, message_ids: list[int]) -> None:
         store.forget_sources(db, message_ids)
 
 
-def embed_pending(database: Database, embedder: Embedder | None = None) -> int:
-    """Embed every entry that has no vector yet (after an import, say); how many."""
+def embed_pending(database: Database, embedder: Embedder | None = None, stop: threading.Event | None = None) -> int:
+    """Embed every entry that has no vector yet (after an import, say), a batch at a time until `stop` is set;
+    how many."""
     embedder = embedder or shared_embedder()
     done = 0
-    while True:
+    while not (stop and stop.is_set()):
         pending = store.unembedded(database, embedder.name)[:EMBED_BATCH]
         if not pending:
             return done
@@ -154,6 +156,7 @@ def embed_pending(database: Database, embedder: Embedder | None = None) -> int:
             [(r["message_id"], r["question"], v.tobytes()) for r, v in zip(pending, vectors, strict=True)],
         )
         done += len(pending)
+    return done
 
 
 # ---- serving ---------------------------------------------------------------------------------------------------
@@ -168,6 +171,7 @@ class MemoryIndex:
         self._ids = np.zeros(0, dtype=np.int64)
         self._matrix = np.zeros((0, 0), dtype=np.float32)
         self._background: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def sync(self) -> None:
         """Reload when the table changed; embed a few new entries now, many in the background."""
@@ -195,12 +199,22 @@ class MemoryIndex:
 
         def run() -> None:
             try:
-                embed_pending(self.database, self.embedder)
+                embed_pending(self.database, self.embedder, self._stop)
             except Exception:
                 log.exception("embedding the correction memory failed")
 
+        if self._background is None:
+            # torch still running in a thread while the interpreter shuts down aborts the process (seen after
+            # `seed-demo`): at exit, finish the current batch and stop; what is left is embedded on the next start
+            atexit.register(self.stop_embedding)
         self._background = threading.Thread(target=run, name="hone-memory-embed", daemon=True)
         self._background.start()
+
+    def stop_embedding(self, timeout: float = 60.0) -> None:
+        """Stop the background embedding after its current batch, and wait for it."""
+        self._stop.set()
+        if self._background is not None:
+            self._background.join(timeout)
 
     def size(self) -> int:
         return len(self._ids)

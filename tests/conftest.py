@@ -214,6 +214,7 @@ class ThreadServer:
     def __exit__(self, *exc) -> None:
         stop_training_workers(self.hone.settings.db)
         self.server.should_exit = True
+        self.server.force_exit = True  # no graceful wait on clients' open keep-alive and event-stream connections
         self.thread.join(10)
 
     def add_user(self, name: str, role: str) -> dict:

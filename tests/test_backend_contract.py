@@ -180,7 +180,10 @@ def test_a_dead_backend_gives_errors_not_hangs_and_a_restart_heals_it(remote, in
 
 def test_the_app_serves_a_version_through_the_backend_over_http(bundled_model_dir, adapter_dir, in_process, tmp_path):
     register_adapter(Database(tmp_path / "feedback.db"), "v1", adapter_dir, "converted for the contract test")
-    server = start_server(tmp_path, str(bundled_model_dir), ASSISTANT_ENGINE="openai")
+    # no repetition penalty: the reference is the plain greedy answer (test_llama_engine checks the penalty)
+    server = start_server(
+        tmp_path, str(bundled_model_dir), ASSISTANT_ENGINE="openai", ASSISTANT_REPETITION_PENALTY="1.0"
+    )
     try:
         admin = {"Authorization": f"Bearer {server.add_user('contract-admin', 'admin')['api_key']}"}
         assert httpx.get(server.url + "/health").json()["engine"] == "openai"

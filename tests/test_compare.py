@@ -218,18 +218,20 @@ def test_the_compare_tab_asks_votes_and_reveals(server):
     server.add_user("cmp-ui-staff", "staff")
     rev = ui_client(server.url, "cmp-ui-rev", "cmp-ui-rev-password")
     first, second, board, line = rev.predict(api_name="/compare_overview")
-    assert {c[0] for c in first["choices"]} == {"base", "v1", "v2"}
+    # a version trained on erased data is not offered (the erasure test above may have flagged v1)
+    offered = {r["id"] for r in server.hone.database.query("select id from versions where flagged is null")}
+    assert {c[0] for c in first["choices"]} == {"base", "v1", "v2"} & offered >= {"base", "v2"}
 
     with pytest.raises(AppError, match="Ask both versions first"):
         rev.predict(api_name="/vote_a")
     with pytest.raises(AppError, match="both versions, or neither"):
         rev.predict("typed", "Hello?", "base", None, api_name="/compare")
     prompt, answer_a, answer_b, note, *_ = rev.predict(
-        "typed", "Where is the canteen?", "base", "v1", api_name="/compare"
+        "typed", "Where is the canteen?", "base", "v2", api_name="/compare"
     )
     comparison = server.hone.database.one("select * from comparisons order by id desc limit 1")
     assert prompt == "Where is the canteen?" and f"Comparison #{comparison['id']}" in note
-    assert "base" not in note and "v1" not in note
+    assert "base" not in note and "v2" not in note
 
     result, board, line, *_ = rev.predict(api_name="/vote_tie")
     assert f"**A** was `{comparison['version_a']}`" in result and f"**B** was `{comparison['version_b']}`" in result

@@ -8,6 +8,7 @@ import asyncio
 import json
 import random
 import threading
+import uuid
 from pathlib import Path
 
 import httpx
@@ -159,7 +160,10 @@ def test_gradio_queue_is_bounded_from_settings(tiny_server):
 def test_an_imported_upload_is_deleted_from_the_cache(tiny_server, tmp_path):
     tiny_server.add_user("c-admin", "admin")
     source = tmp_path / "qa-upload-cleanup.jsonl"
-    source.write_text(json.dumps({"question": "Where is the upload?", "answer": "Gone after import."}) + "\n")
+    # content unique to this run: Gradio files an upload under its hash, so a leftover from an earlier run (a
+    # reused /tmp) would otherwise sit at the very path this test checks
+    row = {"question": "Where is the upload?", "answer": f"Gone after import ({uuid.uuid4().hex})."}
+    source.write_text(json.dumps(row) + "\n")
     client = ui_client(tiny_server.url, "c-admin", "c-admin-password")
     report, _ = client.predict(handle_file(str(source)), api_name="/import_qa")
     assert report["imported"] == 1

@@ -158,7 +158,8 @@ def test_assistant_turns_a_client_sends_are_context_never_answers(tiny_server, p
         {"role": "assistant", "content": planted},
         {"role": "user", "content": "Are you sure?"},
     ]
-    r = staff.post("/v1/chat/completions", {"messages": history, "max_tokens": 4})
+    # sampled: the random tiny model's greedy answer is blank, and a blank answer makes no KTO row
+    r = staff.post("/v1/chat/completions", {"messages": history, "max_tokens": 6, "temperature": 1.0})
     assert r.status_code == 200, r.text
     stored = staff.get(f"/v1/conversations/{r.json()['conversation_id']}").json()["messages"]
     client_turn = next(m for m in stored if m["content"] == planted)

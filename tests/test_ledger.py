@@ -9,6 +9,8 @@ import httpx
 import pytest
 import torch
 
+from assistant import auth
+from assistant.erasure import erase_user
 from assistant.errors import Conflict
 from assistant.importer import import_qa
 from assistant.store import Database
@@ -101,6 +103,14 @@ def test_the_gate_lists_and_blocks_corrections_the_candidate_lost(settings, seed
     with pytest.raises(Conflict, match="failed the promotion gate"):
         registry.promote(seeded, candidate["id"], "boss", "ship it")
     assert registry.promote(seeded, candidate["id"], "boss", "known loss", override=True)["status"] == "current"
+
+    # erasing the person who wrote a correction takes its ledger rows with it
+    corrected = [i.message_id for i in items if "support" in i.prompt[-1]["content"]]
+    boss = seeded.one("select id from users where name = 'boss'")["id"]
+    erase_user(seeded, auth.User(id=boss, name="boss", role="admin"), "carol.smith", "test")
+    assert corrected and not seeded.query(
+        f"select 1 from correction_ledger where message_id in ({','.join('?' * len(corrected))})", corrected
+    )
 
 
 def test_the_ledger_route_over_http(tiny_server, tiny_model_dir):

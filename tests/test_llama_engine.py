@@ -140,3 +140,28 @@ def test_auto_falls_back_to_transformers_with_a_reason(tiny_model_dir):
     assert "transformers" in said[0] and "ASSISTANT_BASE_GGUF" in said[0]
     with pytest.raises(RuntimeError, match="ASSISTANT_ENGINE=llama.cpp cannot run"):
         make_engine(Settings(engine="llama.cpp"), str(tiny_model_dir), said.append)
+
+
+LOOPING = "What are the treatments for Parkinson's disease?"  # greedy, the base model repeats its sentences
+
+
+def repeated_sentences(text: str) -> int:
+    import re
+
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if len(s.strip()) > 15]
+    return len(sentences) - len(set(sentences))
+
+
+def test_the_default_repetition_penalty_ends_a_greedy_loop_and_both_engines_apply_it_alike(engine, bundled_model_dir):
+    settings = Settings()
+    messages = [{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": LOOPING}]
+    ids = engine.encode_chat(messages, 1024)
+    greedy = SamplingParams(max_new_tokens=256, temperature=0.0)
+    penalised = SamplingParams(max_new_tokens=256, temperature=0.0, repetition_penalty=settings.repetition_penalty)
+    looping = engine.submit(ids, "base", greedy)
+    assert looping.wait(300) and repeated_sentences(looping.full_text) > 0  # the greedy reference still loops
+    fixed = engine.submit(ids, "base", penalised)
+    assert fixed.wait(300) and repeated_sentences(fixed.full_text) == 0, fixed.full_text
+    reference = Engine(str(bundled_model_dir)).submit(ids, "base", penalised)  # transformers' own processor
+    assert reference.wait(300)
+    assert (reference.full_text, reference.completion_tokens) == (fixed.full_text, fixed.completion_tokens)

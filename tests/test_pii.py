@@ -285,8 +285,9 @@ def test_exports_over_http_carry_no_planted_pii(tiny_server):
     planted = ["Ngozi Okafor", "03/14/1962", "42 Elm Street", "00482913"]
     question = "Can Ngozi Okafor (MRN 00482913) take ibuprofen with her Crohn's disease?"
     answer = staff.post(
-        "/v1/chat/completions", json={"messages": [{"role": "user", "content": question}], "max_tokens": 4}
-    )
+        "/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": question}], "max_tokens": 6, "temperature": 1.0},
+    )  # sampled: the random tiny model's greedy answer is blank, and a blank answer makes no DPO/KTO row
     assert answer.status_code == 200, answer.text
     message_id = int(answer.json()["id"])
     made = staff.post(

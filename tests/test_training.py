@@ -155,7 +155,11 @@ def test_cli_run_registers_a_candidate_with_its_card(settings, seeded, cli_env):
     # the run evaluated v1 and the current version, and put the gate's verdict in the card
     assert "| v1 | general | 60 |" in card and "| base | general | 60 |" in card and "Gate " in card
     verdict = json.loads(Database(settings.db).one("select gate from versions where id = 'v1'")["gate"])
-    assert verdict["against"] == "base" and [r["rule"] for r in verdict["rules"]] == ["domain", "retention"]
+    assert verdict["against"] == "base" and [r["rule"] for r in verdict["rules"]] == [
+        "domain",
+        "retention",
+        "corrections",
+    ]
     refused = run_cli("promote", "v1", "--reason", "test", env=cli_env)
     if not verdict["passed"]:  # a random tiny model rarely passes: the override is audited
         assert refused.returncode == 2 and "gate" in refused.stderr
