@@ -6,11 +6,10 @@
 1. Split `data/medquad-train.jsonl` by topic (the NIH page each pair comes from), so no condition is on
    both sides; import the training side as approved answers (the reviewer path).
 2. Retrain with the default recipe (or the overrides given), in this process.
-3. Answer (a) the held-out topics, (b) the shipped general set and (c) training questions in other words
+3. Answer (a) the held-out topics, (b) the shipped general set, (c) training questions in other words
    (the gate's paraphrase set, and the team's hand-written rewordings in `data/medquad-paraphrases.jsonl`)
-   with the base model and the candidate, scored with the gate's metrics: MiniLM cosine and ROUGE-L, 95 %
-   intervals.
-   and (d) training questions word for word. Each set is answered twice per model: the model alone, and the
+   and (d) training questions word for word with the base model and the candidate, scored with the gate's
+   metrics: MiniLM cosine and ROUGE-L, 95 % intervals. Each set is answered twice per model: the model alone, and the
    served answer with the correction memory on (assistant/memory.py, the server's thresholds): the approved
    answer itself when the question is close enough, the model with the approved answer in its prompt when it
    is near, the model alone otherwise. `--no-retrain` skips the retrain and scores the base model both ways.
