@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from assistant.cpu_speed import cpu_model
+from assistant.gguf_files import GGUFUnavailable
 
 CACHE_FILE = "serving-type.json"
 REFERENCE = "F16"
@@ -142,17 +143,18 @@ def _run_child(ggufs: dict[str, Path], threads: int, budget_s: float) -> dict[st
 
 def measure_apart(ggufs: dict[str, Path], threads: int, budget_s: float = BUDGET_S) -> tuple[dict[str, dict], list]:
     """`measure` out of process. If the run crashes, each type is tried alone: those that crash alone are
-    dropped (returned second) and the rest measured together. The reference crashing is an error."""
+    dropped (returned second) and the rest measured together. If the reference crashes, llama.cpp cannot serve
+    here: GGUFUnavailable, so Hone serves with transformers and says why."""
     runs = _run_child(ggufs, threads, budget_s)
     if runs is not None:
         return runs, []
     crashed = [t for t, g in ggufs.items() if _run_child({t: g}, threads, budget_s) is None]
     if REFERENCE in crashed:
-        raise RuntimeError(f"llama.cpp crashes serving the {REFERENCE} GGUF on this CPU")
+        raise GGUFUnavailable(f"llama.cpp crashes serving the {REFERENCE} GGUF on this CPU")
     survivors = {t: g for t, g in ggufs.items() if t not in crashed}
     runs = _run_child(survivors, threads, budget_s)
     if runs is None:
-        raise RuntimeError("llama.cpp crashed measuring the serving types together but not alone")
+        raise GGUFUnavailable("llama.cpp crashed measuring the serving types together but not alone")
     return runs, crashed
 
 

@@ -110,3 +110,23 @@ def test_an_explicit_serving_type_wins_and_auto_is_measured_once(bundled_model_d
     else:
         assert cached["gguf_type"] == chosen in gguf_choice.CANDIDATES
         assert cached["measured"][gguf_choice.REFERENCE]["agrees"] is True
+
+
+def test_a_serving_type_that_kills_llama_cpp_is_dropped_and_a_dead_reference_means_no_llama_cpp(
+    bundled_model_dir, tmp_path
+):
+    """The probe runs in child processes: a GGUF llama.cpp dies on (here, a file that is no GGUF) is dropped
+    with its name, the rest are measured; if the reference dies, llama.cpp cannot serve (transformers does)."""
+    from assistant import gguf_choice
+    from assistant.engine_choice import llama_cpp_installed
+    from assistant.gguf_files import GGUFUnavailable, base_gguf
+
+    if not llama_cpp_installed():
+        pytest.skip("llama-cpp-python is not installed")
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + bytes(64))
+    runs, crashed = gguf_choice.measure_apart({"F16": base_gguf(bundled_model_dir, "F16"), "Q8_0": broken}, 2, 120)
+    assert crashed == ["Q8_0"] and set(runs) == {"F16"}
+    assert runs["F16"]["tok_s"] > 0 and len(runs["F16"]["answers"]) == len(gguf_choice.PROMPTS)
+    with pytest.raises(GGUFUnavailable, match="crashes serving the F16 GGUF"):
+        gguf_choice.measure_apart({"F16": broken}, 2, 120)
