@@ -143,15 +143,19 @@ def _run_child(ggufs: dict[str, Path], threads: int, budget_s: float) -> dict[st
 
 def measure_apart(ggufs: dict[str, Path], threads: int, budget_s: float = BUDGET_S) -> tuple[dict[str, dict], list]:
     """`measure` out of process. If the run crashes, each type is tried alone: those that crash alone are
-    dropped (returned second) and the rest measured together. If the reference crashes, llama.cpp cannot serve
-    here: GGUFUnavailable, so Hone serves with transformers and says why."""
+    dropped (returned second); a lone survivor keeps its own figures, several are measured together again (taking
+    turns, as the probe compares). If the reference crashes, llama.cpp cannot serve here: GGUFUnavailable, so
+    Hone serves with transformers and says why."""
     runs = _run_child(ggufs, threads, budget_s)
     if runs is not None:
         return runs, []
-    crashed = [t for t, g in ggufs.items() if _run_child({t: g}, threads, budget_s) is None]
+    alone = {t: _run_child({t: g}, threads, budget_s) for t, g in ggufs.items()}
+    crashed = [t for t, figures in alone.items() if figures is None]
     if REFERENCE in crashed:
         raise GGUFUnavailable(f"llama.cpp crashes serving the {REFERENCE} GGUF on this CPU")
     survivors = {t: g for t, g in ggufs.items() if t not in crashed}
+    if len(survivors) == 1:
+        return alone[REFERENCE], crashed
     runs = _run_child(survivors, threads, budget_s)
     if runs is None:
         raise GGUFUnavailable("llama.cpp crashed measuring the serving types together but not alone")
