@@ -44,10 +44,17 @@ def engine(bundled_model_dir, adapter_dir) -> LlamaEngine:
 
 
 @pytest.fixture(scope="module")
-def reference_answers(bundled_model_dir, adapter_dir) -> dict:
-    """What the in-process transformers (+ PEFT) engine says greedily, per version and prompt."""
+def reference_engine(bundled_model_dir, adapter_dir) -> Engine:
+    """The in-process transformers (+ PEFT) engine the llama.cpp engine is held to."""
     reference = Engine(str(bundled_model_dir))
     reference.load_adapter("v1", adapter_dir)
+    return reference
+
+
+@pytest.fixture(scope="module")
+def reference_answers(reference_engine) -> dict:
+    """What the in-process transformers (+ PEFT) engine says greedily, per version and prompt."""
+    reference = reference_engine
     answers = {}
     for version in ("base", "v1"):
         for prompt in PROMPTS:
@@ -152,7 +159,7 @@ def repeated_sentences(text: str) -> int:
     return len(sentences) - len(set(sentences))
 
 
-def test_the_default_repetition_penalty_ends_a_greedy_loop_and_both_engines_apply_it_alike(engine, bundled_model_dir):
+def test_the_default_repetition_penalty_ends_a_greedy_loop_and_both_engines_apply_it_alike(engine, reference_engine):
     settings = Settings()
     messages = [{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": LOOPING}]
     ids = engine.encode_chat(messages, 1024)
@@ -162,6 +169,6 @@ def test_the_default_repetition_penalty_ends_a_greedy_loop_and_both_engines_appl
     assert looping.wait(300) and repeated_sentences(looping.full_text) > 0  # the greedy reference still loops
     fixed = engine.submit(ids, "base", penalised)
     assert fixed.wait(300) and repeated_sentences(fixed.full_text) == 0, fixed.full_text
-    reference = Engine(str(bundled_model_dir)).submit(ids, "base", penalised)  # transformers' own processor
+    reference = reference_engine.submit(ids, "base", penalised)  # transformers' own processor
     assert reference.wait(300)
     assert (reference.full_text, reference.completion_tokens) == (fixed.full_text, fixed.completion_tokens)
