@@ -23,6 +23,9 @@ class TrainConfig(BaseModel):
     lora_alpha: int = Field(32, ge=1, le=1024, description="adapter scale (alpha / r multiplies the update)")
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the adapter's input")
     target_modules: str = Field("all-linear", description="'all-linear' or comma-separated module names")
+    lora_layers: int = Field(
+        0, ge=0, le=1024, description="adapt only the top N decoder layers, so backward stops below them (0: all)"
+    )
     # SFT
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="SFT peak learning rate (cosine decay)")
     sft_epochs: float = Field(
