@@ -33,7 +33,7 @@ class TrainConfig(BaseModel):
         "are learnt less well (docs/cpu-speed.md)",
     )
     # SFT
-    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="SFT peak learning rate (cosine decay)")
+    learning_rate: float = Field(2e-3, gt=0.0, le=1.0, description="SFT peak learning rate (cosine decay)")
     sft_epochs: float = Field(
         1.0, gt=0.0, le=50.0, description="passes over the SFT rows, rewordings included (also KTO's)"
     )
