@@ -54,11 +54,10 @@ def reference_engine(bundled_model_dir, adapter_dir) -> Engine:
 @pytest.fixture(scope="module")
 def reference_answers(reference_engine) -> dict:
     """What the in-process transformers (+ PEFT) engine says greedily, per version and prompt."""
-    reference = reference_engine
     answers = {}
     for version in ("base", "v1"):
         for prompt in PROMPTS:
-            g = ask(reference, prompt, version)
+            g = ask(reference_engine, prompt, version)
             g.wait()
             answers[version, prompt] = (g.full_text, g.completion_tokens)
     return answers
