@@ -22,6 +22,8 @@ demo: setup
 	$(BIN)/python app.py
 
 test: setup test-setup audit
+	@# the CPU first: the suite's time, and a slow test's, depend on it (AVX2-only or native bf16)
+	@$(BIN)/python -c "import json; from assistant import cpu_speed; print('cpu:', json.dumps(cpu_speed.describe()))"
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile

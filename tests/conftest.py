@@ -184,8 +184,15 @@ def start_server(workdir: Path, base_model: str, **extra_env: str) -> RunningSer
 @pytest.fixture(scope="session")
 def bundled_server(tmp_path_factory, bundled_model_dir):
     """The real app on the real bundled model, shared by the integration and browser tests."""
-    # greedy by default, so what the browser tests see does not depend on sampling
-    server = start_server(tmp_path_factory.mktemp("server"), str(bundled_model_dir), ASSISTANT_DEFAULT_TEMPERATURE="0")
+    # greedy by default, so what the browser tests see does not depend on sampling. Training at the server's own
+    # priority: here a run competes with the other test process, not with chat, and at niceness 10 it got a tenth of
+    # a busy CPU (a 4-step retrain passed 300 s in CI). The niceness is tested on a server of its own.
+    server = start_server(
+        tmp_path_factory.mktemp("server"),
+        str(bundled_model_dir),
+        ASSISTANT_DEFAULT_TEMPERATURE="0",
+        ASSISTANT_TRAINING_NICENESS="0",
+    )
     yield server
     server.stop()
 
