@@ -1,7 +1,7 @@
 """Does the loop teach without forgetting? Seed, retrain, evaluate base and candidate, from an empty DB.
 
     .venv/bin/python bench/quality.py [--set KEY=VALUE ...] [--baseline] [--eval-limit N] [--max-new-tokens N]
-                                      [--no-retrain]
+                                      [--no-retrain] [--keep-adapter DIR]
 
 1. Split `data/medquad-train.jsonl` by topic (the NIH page each pair comes from), so no condition is on
    both sides; import the training side as approved answers (the reviewer path).
@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import importlib.metadata
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -219,6 +220,7 @@ def main() -> None:
     parser.add_argument(
         "--no-retrain", action="store_true", help="skip the retrain: the base model alone and served (memory on)"
     )
+    parser.add_argument("--keep-adapter", type=Path, help="copy the retrained adapter here (for later experiments)")
     args = parser.parse_args()
     config = load_config({"validation_percent": 0, "evaluate": False, **parse_overrides(args.set)})
     stages: dict[str, float] = {}
@@ -246,6 +248,8 @@ def main() -> None:
                 t = time.perf_counter()
                 report = train(base_model, build, config, Path(workdir) / "candidate", lambda *_: None)
                 stages["retrain_s"] = time.perf_counter() - t
+                if args.keep_adapter:
+                    shutil.copytree(Path(workdir) / "candidate", args.keep_adapter, dirs_exist_ok=True)
 
             t = time.perf_counter()
             generator = BatchGenerator(base_model, dtype=settings.dtype)
