@@ -77,6 +77,20 @@ def test_tiny_lora_run_changes_the_adapter_and_not_the_base(settings, seeded, ti
     assert ("sft", 1, 2) == progress[0][:3]
 
 
+def test_loraplus_moves_the_b_matrices_ratio_times_as_far(settings, seeded, tiny_model_dir, tmp_path):
+    from training.train import train
+
+    build = datasets.build(seeded, TrainConfig(), system_prompt="SYSTEM", gate=None)
+    moved: dict[float, float] = {}
+    for ratio in (1.0, 16.0):
+        config = TrainConfig(max_steps=3, batch_size=4, learning_rate=1e-3, dpo_epochs=0, loraplus_lr_ratio=ratio)
+        train(str(tiny_model_dir), build, config, tmp_path / str(ratio), lambda *_: None)
+        adapter = load_file(tmp_path / str(ratio) / "adapter_model.safetensors")
+        moved[ratio] = max(t.abs().max().item() for name, t in adapter.items() if "lora_B" in name)
+    # B starts at zero and Adam's steps are about the learning rate each: 16x the rate, about 16x as far
+    assert 10 < moved[16.0] / moved[1.0] < 20
+
+
 def test_rows_whose_prompt_fills_max_length_are_counted_and_all_of_them_refused(
     settings, seeded, tiny_model_dir, tmp_path
 ):

@@ -24,6 +24,12 @@ class TrainConfig(BaseModel):
     lora_dropout: float = Field(
         0.0, ge=0.0, lt=1.0, description="dropout on the adapter's input (0: none, and 1.17x faster a step on a CPU)"
     )
+    loraplus_lr_ratio: float = Field(
+        1.0,
+        ge=1.0,
+        le=64.0,
+        description="LoRA+: the B matrices learn this many times faster than the A ones (1: plain LoRA)",
+    )
     target_modules: str = Field("all-linear", description="'all-linear' or comma-separated module names")
     lora_layers: int = Field(
         0,
