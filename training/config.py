@@ -28,7 +28,7 @@ class TrainConfig(BaseModel):
         1.0,
         ge=1.0,
         le=64.0,
-        description="LoRA+: the B matrices learn this many times faster than the A ones (1: plain LoRA)",
+        description="LoRA+ in SFT and KTO: the B matrices learn this many times faster than the A ones (1: plain LoRA)",
     )
     target_modules: str = Field("all-linear", description="'all-linear' or comma-separated module names")
     lora_layers: int = Field(

@@ -255,6 +255,8 @@ def use_loraplus(trainer, learning_rate: float, ratio: float) -> None:
     more per pass at no extra compute. The trainer keeps an optimiser it is given (and its LR schedule)."""
     if ratio == 1.0:
         return
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:  # they build (or wrap) their own optimiser
+        raise ValueError("loraplus_lr_ratio works on one process or DDP, not under DeepSpeed or FSDP: set it to 1.")
     from peft.optimizers import create_loraplus_optimizer
 
     trainer.optimizer = create_loraplus_optimizer(
