@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -155,3 +156,4 @@ def test_a_retrain_completes_while_chats_are_answered(server, tmp_path):
     assert group_nice in (None, "10")
     card = (Path(server.env["ASSISTANT_HOME"]) / "versions" / job["version"] / "MODEL_CARD.md").read_text()
     assert "**Precision:**" in card and "`bf16: auto`" in card and "CPU capability" in card
+    assert re.search(r"\*\*Shared start:\*\* [1-9]\d* token positions", card)  # the system prompt, once a batch

@@ -112,6 +112,14 @@ def model_card(record: dict, base_model: str, config: dict, snapshot: dict, repo
         if cut
         else ""
     )
+    shared = sum(p.get("shared_prefix_tokens", 0) for p in report["phases"])
+    shared_note = (
+        f"\n\n**Shared start:** {shared} token positions (the system prompt every row of a batch begins with) ran "
+        "once per batch without a gradient (`shared_prefix`): the loss is the plain one, the adapter learnt only "
+        "through the rest of each row."
+        if shared
+        else ""
+    )
     settings = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(config.items()))
     redactions = ", ".join(f"{k}: {v}" for k, v in pii["redactions"].items()) or "none found"
     gate = "on" if pii["gate"] else f"**off** (override: {pii['override_reason']})"
@@ -154,7 +162,7 @@ Gate {gate}. Rows redacted: {pii["rows_redacted"]}. Redactions by type: {redacti
 ## Training
 | phase | rows | steps | final loss | seconds |
 |---|---|---|---|---|
-{phases}{cut_note}{speed_note}
+{phases}{cut_note}{shared_note}{speed_note}
 
 | setting | value |
 |---|---|

@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from assistant import cpu_speed
 from training.config import TrainConfig
 from training.datasets import Build
+from training.shared_prefix import shared_prefix_sft_trainer
 
 Progress = Callable[[str, int, int, float | None], None]  # phase, step, total steps, loss
 
@@ -195,7 +196,9 @@ def _sft_then_dpo(model, tokenizer, lora, build: Build, config: TrainConfig, scr
             "raise max_length."
         )
     report = _Report("sft", progress)
-    sft = SFTTrainer(
+    # recomputed layers (gradient checkpointing) would add to the shared start's cache twice
+    shared = config.shared_prefix and not config.gradient_checkpointing
+    sft = (shared_prefix_sft_trainer() if shared else SFTTrainer)(
         model=model,
         args=SFTConfig(
             **_common_args(config, scratch, config.sft_epochs, config.learning_rate),
@@ -210,7 +213,14 @@ def _sft_then_dpo(model, tokenizer, lora, build: Build, config: TrainConfig, scr
         callbacks=[report],
     )
     use_loraplus(sft, config.learning_rate, config.loraplus_lr_ratio)
-    phases.append({**_phase(report, sft.train(), len(sft_rows)), "prompts_over_max_length": unlearnable})
+    result = sft.train()
+    phases.append(
+        {
+            **_phase(report, result, len(sft_rows)),
+            "prompts_over_max_length": unlearnable,
+            "shared_prefix_tokens": getattr(sft, "shared_tokens", 0),  # run once per batch, not once per row
+        }
+    )
     if not build.dpo_train or config.dpo_epochs == 0:
         return sft
     report = _Report("dpo", progress)
