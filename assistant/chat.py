@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from assistant import memory
 from assistant.auth import User
@@ -252,6 +252,9 @@ class ChatService:
         version = version_row["id"]
         self.ensure_loaded(version_row)
         input_ids = self.encode(history + new_messages, params, recall)
+        bias = memory.answer_bias(recall, self.engine.tokenizer, self.settings.memory_prompt_bias)
+        if bias:
+            params = replace(params, token_bias=bias)
         conversation_id, message_id = conversations.start_turn(
             self.database,
             user_id=user.id,

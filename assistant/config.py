@@ -103,6 +103,13 @@ class Settings(BaseSettings):
     memory_prompt_threshold: float = Field(
         0.7, ge=0.0, le=1.0, description="question cosine above which the approved answer goes into the prompt"
     )
+    memory_prompt_bias: float = Field(
+        2.0,
+        ge=0.0,
+        le=20.0,
+        description="when the approved answer is in the prompt, added to the logits of its tokens so the answer "
+        "follows it more closely (0: off; docs/experiments.md)",
+    )
 
     pii_patterns: dict[str, str] = Field(
         default_factory=dict, description='extra PII regexes for the training gate, JSON: {"ENTITY": "regex"}'

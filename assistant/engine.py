@@ -41,6 +41,8 @@ class SamplingParams:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     repetition_penalty: float = 1.0  # HF's formula over prompt + answer tokens; 1.0 = off (evaluation)
+    # added to these tokens' logits before the penalty, as HF's sequence_bias: the correction memory's approved answer
+    token_bias: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -354,6 +356,8 @@ class Engine(BaseEngine):
         }
         if params.repetition_penalty != 1.0:
             kwargs["repetition_penalty"] = params.repetition_penalty
+        if params.token_bias:
+            kwargs["sequence_bias"] = {(token,): bias for token, bias in params.token_bias.items()}
         if params.temperature > 0:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         else:

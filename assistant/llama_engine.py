@@ -318,6 +318,8 @@ class LlamaEngine(BaseEngine):
         generation = seq.generation
         params = generation.params
         logits = lane.logits(seq.logits_index)
+        if params.token_bias:  # before the penalty, in HF's order
+            logits = add_bias(logits, params.token_bias)
         if params.repetition_penalty != 1.0:
             logits = penalise_repeats(logits, seq.seen, params.repetition_penalty)
         token = _sample(logits, params.temperature, params.top_p, seq.rng)
@@ -352,6 +354,14 @@ def _return_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def add_bias(logits: np.ndarray, bias: dict[int, float]) -> np.ndarray:
+    """HF's SequenceBiasLogitsProcessor for single tokens: each token's bias added to its logit."""
+    out = np.array(logits, dtype=np.float32)  # a copy: llama.cpp owns the logits buffer
+    ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
+    out[ids] += np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
+    return out
 
 
 def penalise_repeats(logits: np.ndarray, seen: set[int], penalty: float) -> np.ndarray:

@@ -259,6 +259,13 @@ def prompt_note(recall: Recall) -> str:
     )
 
 
+def answer_bias(recall: Recall | None, tokenizer, strength: float) -> dict[int, float]:
+    """Logit bias toward the approved answer's tokens, for an answer with it in the prompt (none otherwise)."""
+    if recall is None or recall.mode != "prompt" or strength <= 0:
+        return {}
+    return dict.fromkeys(tokenizer(recall.answer, add_special_tokens=False)["input_ids"], strength)
+
+
 def with_memory(messages: list[dict], recall: Recall | None, system_prompt: str) -> list[dict]:
     """The messages the model sees: the approved Q&A added to the system prompt (not to what is stored)."""
     context = [{"role": m["role"], "content": m["content"]} for m in messages]

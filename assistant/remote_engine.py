@@ -116,6 +116,7 @@ class RemoteEngine(BaseEngine):
             "temperature": params.temperature,
             "top_p": params.top_p,
             **_with_penalty(self.backend.neutral_sampling, params.repetition_penalty),
+            **({"logit_bias": {str(t): b for t, b in params.token_bias.items()}} if params.token_bias else {}),
             "stream": True,
             "stream_options": {"include_usage": True},
         }

@@ -186,7 +186,7 @@ def served_answers(
     (greedy, so the same) where no approved answer is close enough; and how many of each set took each path."""
     answers, modes = {}, {}
     for set_name, records in sets.items():
-        out, prompts, where = list(alone[set_name]), [], []
+        out, prompts, where, biases = list(alone[set_name]), [], [], []
         count = {"served": 0, "prompt": 0, "none": 0}
         for i, record in enumerate(records):
             hit = index.recall(
@@ -200,8 +200,10 @@ def served_answers(
                 out[i] = generator.tokenizer.decode(ids)
             elif hit is not None:
                 prompts.append(memory.with_memory(record["prompt"], hit, settings.system_prompt))
+                biases.append(memory.answer_bias(hit, generator.tokenizer, settings.memory_prompt_bias))
                 where.append(i)
-        for i, answer in zip(where, generator.generate(prompts, name, adapter, tokens) if prompts else [], strict=True):
+        prompted = generator.generate(prompts, name, adapter, tokens, biases=biases) if prompts else []
+        for i, answer in zip(where, prompted, strict=True):
             out[i] = answer
         answers[set_name], modes[set_name] = out, count
     return answers, modes

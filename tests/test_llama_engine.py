@@ -158,6 +158,21 @@ def repeated_sentences(text: str) -> int:
     return len(sentences) - len(set(sentences))
 
 
+def test_a_token_bias_steers_both_engines_alike(engine, reference_engine):
+    """The correction memory's bias toward an approved answer's tokens: applied before the penalty, as in HF."""
+    ids = engine.encode_chat([{"role": "user", "content": PROMPTS[0]}], 1024)
+    favoured = engine.tokenizer(" antibodies memory cells", add_special_tokens=False)["input_ids"]
+    biased = SamplingParams(
+        max_new_tokens=24, temperature=0.0, repetition_penalty=1.2, token_bias=dict.fromkeys(favoured, 3.0)
+    )
+    plain = engine.submit(ids, "base", SamplingParams(max_new_tokens=24, temperature=0.0, repetition_penalty=1.2))
+    steered = engine.submit(ids, "base", biased)
+    reference = reference_engine.submit(ids, "base", biased)
+    assert plain.wait(300) and steered.wait(300) and reference.wait(300)
+    assert steered.full_text != plain.full_text
+    assert reference.full_text == steered.full_text
+
+
 def test_the_default_repetition_penalty_ends_a_greedy_loop_and_both_engines_apply_it_alike(engine, reference_engine):
     settings = Settings()
     messages = [{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": LOOPING}]

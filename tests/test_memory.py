@@ -193,6 +193,26 @@ def test_between_the_thresholds_the_approved_answer_goes_into_the_prompt_not_the
     assert all(BADGE_A not in m["content"] for m in context)  # what is stored (and trained on) is what was asked
 
 
+def test_in_the_prompt_band_the_answer_is_pulled_toward_the_approved_answers_words(world, settings, tiny_engine):
+    """The tiny model's logits are near zero, so the largest bias makes every answer token one of the approved
+    answer's; with the bias off its answer draws on the whole vocabulary."""
+    approved_id = corrected_answer(world, BADGE_Q, BADGE_A)
+    decide(world, "rita", approved_id, "approve", verdict="incorrect")
+    approved_tokens = set(tiny_engine.tokenizer(BADGE_A, add_special_tokens=False)["input_ids"])
+    produced = {}
+    for strength in (0.0, 20.0):
+        chat, _ = chat_service(
+            settings, tiny_engine, memory_serve_threshold=1.0, memory_prompt_threshold=0.5, memory_prompt_bias=strength
+        )
+        turn = chat.start(world[1]["staff"], [{"role": "user", "content": BADGE_REWORDED}], max_tokens=12)
+        assert turn.generation.wait(30) and turn.memory.mode == "prompt"
+        produced[strength] = set(
+            tiny_engine.tokenizer(turn.generation.full_text, add_special_tokens=False)["input_ids"]
+        )
+    assert produced[20.0] and produced[20.0] <= approved_tokens
+    assert not produced[0.0] <= approved_tokens
+
+
 @pytest.fixture(scope="module")
 def memory_server(tmp_path_factory, tiny_model_dir, tiny_engine):
     from app import create_app

@@ -137,6 +137,14 @@ def test_each_version_is_asked_by_its_model_name_and_usage_comes_from_the_stream
     assert request["prompt"].startswith("<|im_start|>") and request["prompt"].endswith("<|im_start|>assistant\n")
     assert request["repetition_penalty"] == 1.0 and request["min_p"] == 0.0  # neutral, as in-process
     assert ask(engine, "base", max_tokens=2).finish_reason == "length"
+    assert "logit_bias" not in request  # no approved answer in the prompt, no bias
+
+
+def test_the_correction_memorys_token_bias_is_sent_as_openai_logit_bias(engine, vllm):
+    ids = engine.encode_chat([{"role": "user", "content": "Hi?"}], 512)
+    generation = engine.submit(ids, "base", SamplingParams(max_new_tokens=4, token_bias={17: 2.0, 900: 2.0}))
+    assert generation.wait(30)
+    assert posts(vllm, "/v1/completions")[-1]["logit_bias"] == {"17": 2.0, "900": 2.0}
 
 
 def test_a_refused_adapter_is_a_clear_error_and_leaves_the_version_unloaded(engine, tmp_path):

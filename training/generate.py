@@ -7,8 +7,6 @@ to 128 tokens come 8x faster than one by one (bench/eval_generation.py), with th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
@@ -50,21 +48,33 @@ class BatchGenerator:
         adapter_path: str | None,
         max_new_tokens: int = 128,
         batch_size: int = 64,
+        biases: list[dict[int, float]] | None = None,
     ) -> list[str]:
-        """Greedy answers to chat prompts (lists of messages), in order."""
+        """Greedy answers to chat prompts (lists of messages), in order; `biases` adds to each prompt's logits
+        as the server's `token_bias` does (the correction memory's approved answer)."""
         active = self._use(version, adapter_path)
         # similar lengths batch together, so little compute goes into padding
         order = sorted(range(len(prompts)), key=lambda i: sum(len(m["content"]) for m in prompts[i]))
         out: list[str] = []
-        for batch in _batches([prompts[i] for i in order], batch_size):
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            bias = self._bias_rows([biases[i] for i in rows]) if biases else None
             with torch.inference_mode(), self._maybe_without_adapter(active):
-                out.extend(self._greedy(batch, max_new_tokens))
+                out.extend(self._greedy([prompts[i] for i in rows], max_new_tokens, bias))
         answers = [""] * len(prompts)
         for position, index in enumerate(order):
             answers[index] = out[position]
         return answers
 
-    def _greedy(self, batch: list[list[dict]], max_new_tokens: int) -> list[str]:
+    def _bias_rows(self, biases: list[dict[int, float]]) -> torch.Tensor:
+        """One row of logit bias per prompt, over the model's output vocabulary."""
+        rows = torch.zeros(len(biases), self.model.get_output_embeddings().weight.shape[0])
+        for row, bias in zip(rows, biases, strict=True):
+            if bias:
+                row[list(bias)] = torch.tensor(list(bias.values()))
+        return rows
+
+    def _greedy(self, batch: list[list[dict]], max_new_tokens: int, bias: torch.Tensor | None = None) -> list[str]:
         """Greedy decoding that drops each answer from the batch as it ends. Answers are mostly shorter than
         the limit, and `generate` would keep computing finished rows until the longest ends: 1.5x slower."""
         texts = [self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch]
@@ -81,7 +91,8 @@ class BatchGenerator:
         rows = torch.arange(len(batch))
         tokens: list[list[int]] = [[] for _ in batch]
         for produced in range(1, max_new_tokens + 1):
-            chosen = step.logits[:, -1].argmax(-1)
+            logits = step.logits[:, -1]
+            chosen = (logits if bias is None else logits.float() + bias).argmax(-1)
             going = ~torch.isin(chosen, self.stop_ids)
             for row, token in zip(rows[going].tolist(), chosen[going].tolist(), strict=True):
                 tokens[row].append(token)
@@ -91,6 +102,7 @@ class BatchGenerator:
                 keep = going.nonzero().squeeze(-1)
                 cache.batch_select_indices(keep)
                 rows, mask, chosen = rows[keep], mask[keep], chosen[keep]
+                bias = None if bias is None else bias[keep]
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)
             step = self.model(
                 input_ids=chosen[:, None],
@@ -109,8 +121,3 @@ class BatchGenerator:
         if active is None and isinstance(self.model, PeftModel):
             return self.model.disable_adapter()
         return nullcontext()
-
-
-def _batches(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
