@@ -42,6 +42,14 @@ PROMPTS = [
 ]
 SYSTEM = {"role": "system", "content": "You are a careful assistant for the staff of a clinic."}
 ASKED_WITH_SYSTEM = "How do vaccines work?"
+FAVOURED = " insulin glucose pancreas"  # the correction memory biases an approved answer's tokens like these
+
+
+def biased(engine) -> SamplingParams:
+    ids = engine.tokenizer(FAVOURED, add_special_tokens=False)["input_ids"]
+    return SamplingParams(max_new_tokens=40, temperature=0.0, token_bias=dict.fromkeys(ids, 3.0))
+
+
 # Prompts whose greedy answers have no near-tie: llama.cpp's sums round a little differently with the batch
 # shape (the server reuses its cached prompt prefix), which can flip a near-tie token on either side.
 
@@ -72,6 +80,8 @@ def in_process(bundled_model_dir, adapter_dir) -> dict:
         for prompt in PROMPTS:
             g = answer(engine, prompt, version)
             answers[version, prompt] = (g.full_text, g.finish_reason, g.prompt_tokens, g.completion_tokens)
+    g = answer(engine, PROMPTS[0], "base", params=biased(engine))
+    answers["base", FAVOURED, PROMPTS[0]] = (g.full_text, g.finish_reason, g.prompt_tokens, g.completion_tokens)
     g = answer(engine, ASKED_WITH_SYSTEM, "v1", system=SYSTEM)
     answers["v1", SYSTEM["content"], ASKED_WITH_SYSTEM] = (
         g.full_text,
@@ -98,6 +108,12 @@ def test_the_backend_says_what_the_in_process_engine_says(remote, in_process, ve
         assert len(g.parts) > 5 and g.first_token_ms is not None  # streamed, not sent whole
     assert {in_process["base", p][1] for p in PROMPTS} == {"length", "stop"}
     assert in_process["v1", PROMPTS[0]][0] != in_process["base", PROMPTS[0]][0]  # the adapter is really applied
+
+
+def test_the_correction_memorys_token_bias_steers_the_backend_as_it_does_the_engine(remote, in_process):
+    g = answer(remote, PROMPTS[0], "base", params=biased(remote))
+    assert (g.full_text, g.completion_tokens) == itemgetter(0, 3)(in_process["base", FAVOURED, PROMPTS[0]])
+    assert g.full_text != in_process["base", PROMPTS[0]][0]  # the bias changed the answer
 
 
 def test_answers_asked_together_are_each_whole_and_unmixed(remote, in_process):
