@@ -51,3 +51,27 @@ def test_the_baseline_verdict_needs_both_sets_and_kept_scores_their_key(tmp_path
     assert kept_baseline(kept, "abc")["scores"] == scores(0.6, 0.7)
     assert kept_baseline(kept, "other") is None
     assert kept_baseline(tmp_path / "missing.json", "abc") is None
+
+
+def test_the_seed_summary_judges_targets_on_the_mean_over_seeds():
+    from bench.seeds import summarize
+
+    def run(seed: int, gate: float, hand: float, unseen: float | None) -> dict:
+        alone = {"c_paraphrases": gate, "c_paraphrases_by_hand": hand, "a_unseen_topics": unseen}
+        served = {"c_paraphrases": 0.3, "c_paraphrases_by_hand": 0.22, "a_unseen_topics": 0.06}
+        return {
+            "recipe": {"seed": seed},
+            "candidate_minus_base_cosine": alone,
+            "served_minus_base_cosine": served,
+            "general_retention": 1.08,
+            "served_general_retention": 1.08,
+        }
+
+    # one seed over +0.10 on both rewordings, the other under: the mean decides, not the luckier seed
+    summary = summarize([run(42, 0.136, 0.101, 0.05), run(7, 0.080, 0.072, None)])
+    assert summary["seeds"] == [42, 7]
+    assert summary["candidate_minus_base_cosine"]["c_paraphrases"] == {"mean": 0.108, "min": 0.08, "max": 0.136}
+    assert summary["candidate_minus_base_cosine"]["a_unseen_topics"] == {"mean": 0.05, "min": 0.05, "max": 0.05}
+    assert summary["targets_on_means"]["model_alone_rewordings_gain_ge_0.10"] is False  # hand: mean 0.0865
+    assert summary["targets_on_means"]["served_rewordings_gain_ge_0.20"] is True
+    assert summary["served_general_retention"]["mean"] == 1.08

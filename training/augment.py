@@ -72,6 +72,7 @@ def augment(sources: list[Source], earlier: set[str], config: TrainConfig) -> tu
         "per_new": config.augment_new,
         "per_trained": config.augment_old,
         "cap": int(config.augment_max_share * len(sources)),
+        "answer_tokens": config.augment_answer_tokens,  # 0: the whole answer, as far as max_length allows
         "sources": made,
     }
     return rows, summary

@@ -59,6 +59,9 @@ class TrainConfig(BaseModel):
     augment_max_share: float = Field(
         1.0, ge=0.0, le=20.0, description="cap on rewordings, per SFT training row (new questions are served first)"
     )
+    augment_answer_tokens: int = Field(
+        0, ge=0, le=8192, description="answer tokens a reworded row is trained on (0: as many as max_length leaves)"
+    )
     min_rows: int = Field(1, ge=1, description="fewest domain training rows a run accepts")
     max_steps: int = Field(-1, ge=-1, description="cap on optimiser steps per phase (-1: no cap)")
     threads: int = Field(0, ge=0, le=256, description="torch threads (0: every core; the worker yields to chat)")

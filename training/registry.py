@@ -186,6 +186,11 @@ def augmentation_note(snapshot: dict) -> str:
         f" Rewordings: {made['rows_from_new']} of {made['new_questions']} questions no earlier version trained on "
         f"(up to {made['per_new']} each), {made['rows_from_trained']} of {made['trained_questions']} trained before "
         f"(up to {made['per_trained']} each), at most {made['cap']} in all; made by {made['method']}."
+        + (
+            f" Each reworded question was trained on the first {made['answer_tokens']} tokens of its answer."
+            if made.get("answer_tokens")
+            else ""
+        )
     )
 
 

@@ -22,6 +22,7 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from assistant import cpu_speed
+from training.answer_cut import sft_trainer_cutting_answers, with_answer_tokens
 from training.config import TrainConfig
 from training.datasets import Build
 from training.shared_prefix import shared_prefix_sft_trainer
@@ -189,6 +190,12 @@ def _sft_then_dpo(model, tokenizer, lora, build: Build, config: TrainConfig, scr
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
     sft_rows = build.sft_train + build.sft_augmented + build.replay
+    if config.augment_answer_tokens:  # reworded rows learn the start of their answer only
+        sft_rows = (
+            with_answer_tokens(build.sft_train, 0)
+            + with_answer_tokens(build.sft_augmented, config.augment_answer_tokens)
+            + with_answer_tokens(build.replay, 0)
+        )
     unlearnable = prompts_over_limit(tokenizer, build.sft_train, config.max_length)
     if build.sft_train and unlearnable == len(build.sft_train):
         raise ValueError(
@@ -198,7 +205,7 @@ def _sft_then_dpo(model, tokenizer, lora, build: Build, config: TrainConfig, scr
     report = _Report("sft", progress)
     # recomputed layers (gradient checkpointing) would add to the shared start's cache twice
     shared = config.shared_prefix and not config.gradient_checkpointing
-    sft = (shared_prefix_sft_trainer() if shared else SFTTrainer)(
+    sft = sft_trainer_cutting_answers(shared_prefix_sft_trainer() if shared else SFTTrainer)(
         model=model,
         args=SFTConfig(
             **_common_args(config, scratch, config.sft_epochs, config.learning_rate),

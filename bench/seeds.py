@@ -1,0 +1,80 @@
+"""How much of a recipe's gain is the seed's: bench/quality.py over several seeds, with the mean and the spread.
+
+One seed sets the data order, the LoRA initialisation and which rewordings are trained, and on the 30 and 40
+rewordings of the quality sets two seeds of the same recipe differed by up to 0.055 (docs/experiments.md). A
+recipe is better only where its mean over seeds is, by more than that spread.
+
+    python -m bench.seeds --seeds 42 7 1234 --set augment_max_share=3     # runs bench/quality.py once a seed
+    python -m bench.seeds --summarize runs/*.json                        # or summarises runs already made
+
+Prints one JSON object: each set's gain over the base model (the model alone and served) per seed, their mean,
+lowest and highest, and issue 18's targets judged on the means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+GAINS = ("candidate_minus_base_cosine", "served_minus_base_cosine")
+RETENTION = ("general_retention", "served_general_retention")
+REWORDED = ("c_paraphrases", "c_paraphrases_by_hand")
+
+
+def spread(values: list[float]) -> dict:
+    return {
+        "mean": round(statistics.fmean(values), 4),
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+    }
+
+
+def summarize(runs: list[dict]) -> dict:
+    """The mean, lowest and highest of every gain and retention over the runs (sets missing from a run skipped)."""
+    out: dict = {"runs": len(runs), "seeds": [run.get("recipe", {}).get("seed") for run in runs]}
+    for key in GAINS:
+        sets = sorted({s for run in runs for s, v in run.get(key, {}).items() if v is not None})
+        out[key] = {s: spread([run[key][s] for run in runs if run[key].get(s) is not None]) for s in sets}
+    for key in RETENTION:
+        values = [run[key] for run in runs if run.get(key) is not None]
+        out[key] = spread(values) if values else None
+    alone, served = out["candidate_minus_base_cosine"], out["served_minus_base_cosine"]
+    if all(s in alone and s in served for s in REWORDED) and "a_unseen_topics" in served:
+        out["targets_on_means"] = {
+            "model_alone_rewordings_gain_ge_0.10": all(alone[s]["mean"] >= 0.10 for s in REWORDED),
+            "served_rewordings_gain_ge_0.20": all(served[s]["mean"] >= 0.20 for s in REWORDED),
+            "served_unseen_topics_gain_ge_0.05": served["a_unseen_topics"]["mean"] >= 0.05,
+            "served_general_retention_ge_0.98": (out["served_general_retention"] or {}).get("mean", 0) >= 0.98,
+        }
+    return out
+
+
+def run_quality(seed: int, overrides: list[str]) -> dict:
+    command = [sys.executable, "-m", "bench.quality", "--set", f"seed={seed}"]
+    for override in overrides:
+        command += ["--set", override]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"bench/quality.py failed for seed {seed}:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 1234], help="one quality run per seed")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the recipe")
+    parser.add_argument("--summarize", type=Path, nargs="+", help="bench/quality.py outputs to summarise instead")
+    args = parser.parse_args()
+    if args.summarize:
+        runs = [json.loads(path.read_text(encoding="utf-8")) for path in args.summarize]
+    else:
+        runs = [run_quality(seed, args.set) for seed in args.seeds]
+    print(json.dumps({"bench": "seeds", "recipe_overrides": args.set, **summarize(runs)}))
+
+
+if __name__ == "__main__":
+    main()
