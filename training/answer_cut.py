@@ -2,7 +2,7 @@
 
 A rewording teaches the model to reach an answer from another wording of its question, and the start of the answer
 does that: once the answer is under way, the model goes on as the row with the original question taught it. A
-reworded row cut to the first few answer tokens costs a third of a whole one, so each fact can be trained from more
+reworded row cut to its first 16 answer tokens costs about half a whole one, so each fact can be trained from more
 wordings in the same time (docs/experiments.md).
 
 TRL cuts every row to one `max_length` as it tokenises. A row carrying `ANSWER_TOKENS` is cut further after TRL's
