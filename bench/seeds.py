@@ -4,8 +4,8 @@ One seed sets the data order, the LoRA initialisation and which rewordings are t
 rewordings of the quality sets two seeds of the same recipe differed by up to 0.055 (docs/experiments.md). A
 recipe is better only where its mean over seeds is, by more than that spread.
 
-    python -m bench.seeds --seeds 42 7 1234 --set augment_max_share=3     # runs bench/quality.py once a seed
-    python -m bench.seeds --summarize runs/*.json                        # or summarises runs already made
+    .venv/bin/python bench/seeds.py --seeds 42 7 1234 --set augment_max_share=3   # bench/quality.py once a seed
+    .venv/bin/python bench/seeds.py --summarize runs/*.json                      # or runs already made
 
 Prints one JSON object: each set's gain over the base model (the model alone and served) per seed, their mean,
 lowest and highest, and issue 18's targets judged on the means.
@@ -22,6 +22,7 @@ from pathlib import Path
 
 GAINS = ("candidate_minus_base_cosine", "served_minus_base_cosine")
 RETENTION = ("general_retention", "served_general_retention")
+REPO = Path(__file__).resolve().parents[1]
 REWORDED = ("c_paraphrases", "c_paraphrases_by_hand")
 
 
@@ -57,7 +58,7 @@ def run_quality(seed: int, overrides: list[str]) -> dict:
     command = [sys.executable, "-m", "bench.quality", "--set", f"seed={seed}"]
     for override in overrides:
         command += ["--set", override]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO)
     if done.returncode != 0:
         raise SystemExit(f"bench/quality.py failed for seed {seed}:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout)
