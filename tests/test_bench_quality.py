@@ -56,7 +56,7 @@ def test_the_baseline_verdict_needs_both_sets_and_kept_scores_their_key(tmp_path
 def test_the_seed_summary_judges_targets_on_the_mean_over_seeds():
     from bench.seeds import summarize
 
-    def run(seed: int, gate: float, hand: float, unseen: float | None) -> dict:
+    def run(seed: int, gate: float, hand: float | None, unseen: float | None) -> dict:
         alone = {"c_paraphrases": gate, "c_paraphrases_by_hand": hand, "a_unseen_topics": unseen}
         served = {"c_paraphrases": 0.3, "c_paraphrases_by_hand": 0.22, "a_unseen_topics": 0.06}
         return {
@@ -75,3 +75,7 @@ def test_the_seed_summary_judges_targets_on_the_mean_over_seeds():
     assert summary["targets_on_means"]["model_alone_rewordings_gain_ge_0.10"] is False  # hand: mean 0.0865
     assert summary["targets_on_means"]["served_rewordings_gain_ge_0.20"] is True
     assert summary["served_general_retention"]["mean"] == 1.08
+    # a set no run scored (smoke runs): no figure, and the target that reads it is not judged
+    empty = summarize([run(42, 0.136, None, 0.05)])
+    assert empty["candidate_minus_base_cosine"]["c_paraphrases_by_hand"] is None
+    assert empty["targets_on_means"]["model_alone_rewordings_gain_ge_0.10"] is None
