@@ -45,6 +45,7 @@ from training import datasets, evaluate  # noqa: E402
 from training.config import load_config, parse_overrides  # noqa: E402
 from training.generate import BatchGenerator  # noqa: E402
 from training.metrics import Scorer  # noqa: E402
+from training.rewording import wording_key  # noqa: E402
 from training.train import train  # noqa: E402
 
 
@@ -63,12 +64,16 @@ def split_by_topic(rows: list[dict], validation_percent: int, seed: int = 0) -> 
     return [r for r in rows if not held_out(topic(r))], [r for r in rows if held_out(topic(r))]
 
 
-def hand_paraphrases(train_rows: list[dict], system_prompt: str) -> list[dict]:
-    """The team's rewordings of training questions (`data/medquad-paraphrases.jsonl`), taught answer as reference."""
+def hand_paraphrases(train_rows: list[dict], system_prompt: str, trained: set[str]) -> tuple[list[dict], int]:
+    """The team's rewordings of training questions (`data/medquad-paraphrases.jsonl`), taught answer as reference,
+    and how many were left out because a training row asked them word for word (`trained`: `wording_key`s), as a
+    rewording template can: what is left measures a new wording, not a recited one."""
     answers = {r["question"]: r["answer"] for r in train_rows}
     pairs = [json.loads(line) for line in PARAPHRASES.read_text(encoding="utf-8").splitlines() if line.strip()]
-    rows = [{"question": p["paraphrase"], "answer": answers[p["original"]]} for p in pairs if p["original"] in answers]
-    return evaluate.records_from_rows(rows, system_prompt, PARAPHRASES.name)
+    pairs = [p for p in pairs if p["original"] in answers]
+    rows = [{"question": p["paraphrase"], "answer": answers[p["original"]]} for p in pairs]
+    kept = [r for r in rows if wording_key(r["question"]) not in trained]
+    return evaluate.records_from_rows(kept, system_prompt, PARAPHRASES.name), len(rows) - len(kept)
 
 
 def naive_baseline(base_model: str, rows: list[dict], out: Path) -> dict:
@@ -265,13 +270,15 @@ def main() -> None:
             t = time.perf_counter()
             generator = BatchGenerator(base_model, dtype=settings.dtype)
             scorer = Scorer()
+            trained = {wording_key(r["prompt"][-1]["content"]) for r in build.sft_train + build.sft_augmented}
+            hand_set, hand_trained = hand_paraphrases(train_rows, settings.system_prompt, trained)
             sets = {
                 "a_unseen_topics": evaluate.records_from_rows(held_rows, settings.system_prompt, "held-out topics"),
                 "b_general": evaluate.general_records(settings.system_prompt),
                 "c_paraphrases": evaluate.paraphrase_records(
                     build.sft_train, generator, scorer, settings.system_prompt
                 ),
-                "c_paraphrases_by_hand": hand_paraphrases(train_rows, settings.system_prompt),
+                "c_paraphrases_by_hand": hand_set,
                 "d_verbatim": evaluate.records_from_rows(train_rows[:VERBATIM], settings.system_prompt, "verbatim"),
             }
             if args.eval_limit:
@@ -346,6 +353,7 @@ def main() -> None:
             "paths": modes[best],
         },
         "baseline": {k: v for k, v in baseline.items() if k != "key"},
+        "hand_paraphrases_trained_word_for_word": hand_trained,  # left out of c_paraphrases_by_hand
         "paraphrase_methods": {
             m: sum(r.get("method") == m for r in sets["c_paraphrases"]) for m in ("model", "template")
         },

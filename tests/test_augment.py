@@ -10,7 +10,7 @@ from assistant.importer import import_qa
 from tests.conftest import REPO, user
 from training import datasets, registry
 from training.config import TrainConfig
-from training.rewording import _key, held_out, training_rewordings
+from training.rewording import held_out, training_rewordings, wording_key
 
 QUESTIONS = [
     "What is Autism?",
@@ -28,10 +28,36 @@ def test_rewordings_keep_the_subject_and_are_never_the_question_or_its_held_out_
     for question in QUESTIONS:
         made = training_rewordings(question, 3, seed=7)
         assert len(made) == 3 and made == training_rewordings(question, 3, seed=7)
-        keys = {_key(m) for m in made}
-        assert len(keys) == 3 and _key(question) not in keys and _key(held_out(question)) not in keys
+        keys = {wording_key(m) for m in made}
+        assert len(keys) == 3 and wording_key(question) not in keys and wording_key(held_out(question)) not in keys
     assert all("Crohn's Disease" in m for m in training_rewordings(QUESTIONS[1], 3, seed=7))
     assert training_rewordings("What is Autism?", 0, seed=7) == []
+
+
+def test_a_question_is_first_reworded_in_the_words_people_use_for_what_it_asks():
+    """One rewording per question (the default cap) asks the same thing in other words, not the same words reframed."""
+    asked = {
+        "What are the treatments for Valinemia ?": {
+            "How is Valinemia treated?",
+            "What can be done for Valinemia?",
+            "How do doctors treat Valinemia?",
+        },
+        "How to diagnose Gout ?": {
+            "How is Gout diagnosed?",
+            "How do doctors find out if someone has Gout?",
+            "What tests show Gout?",
+        },
+        "How many people are affected by Wilson disease ?": {
+            "How common is Wilson disease?",
+            "How many people have Wilson disease?",
+        },
+    }
+    for question, forms in asked.items():
+        for seed in range(5):
+            assert training_rewordings(question, 1, seed)[0] in forms
+        # more than the aspect's forms: the shape's, then the reframings, none twice
+        more = training_rewordings(question, 6, seed=1)
+        assert set(more[: len(forms)]) == forms and len({wording_key(m) for m in more}) == 6
 
 
 def test_template_rewordings_mean_the_same_by_minilm_cosine():

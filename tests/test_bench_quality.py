@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from bench.quality import MEDQUAD, beats_baseline, hand_paraphrases, kept_baseline, split_by_topic, topic
+from training.rewording import wording_key
 
 
 def medquad() -> list[dict]:
@@ -20,10 +21,10 @@ def test_the_topic_split_puts_no_condition_on_both_sides():
 
 def test_hand_paraphrases_reword_training_questions_and_keep_their_answers():
     train, _ = split_by_topic(medquad(), 15)
-    records = hand_paraphrases(train, "SYSTEM")
+    records, trained = hand_paraphrases(train, "SYSTEM", set())
     answers = {r["answer"] for r in train}
     questions = {r["question"].lower() for r in train}
-    assert len(records) == 40
+    assert (len(records), trained) == (40, 0)
     for record in records:
         assert record["prompt"][0] == {"role": "system", "content": "SYSTEM"}
         assert record["prompt"][-1]["content"].lower() not in questions  # other words
@@ -32,10 +33,20 @@ def test_hand_paraphrases_reword_training_questions_and_keep_their_answers():
 
 def test_hand_paraphrases_of_held_out_questions_are_left_out():
     train, held = split_by_topic(medquad(), 50, seed=3)
-    records = hand_paraphrases(train, "")
+    records, _ = hand_paraphrases(train, "", set())
     held_answers = {h["answer"] for h in held}
     assert len(records) < 40
     assert all(r["reference"] not in held_answers for r in records)
+
+
+def test_hand_paraphrases_a_training_row_asked_word_for_word_are_left_out():
+    """A rewording template can produce a hand-written rewording: then it is recited, not a new wording."""
+    train, _ = split_by_topic(medquad(), 15)
+    every, _ = hand_paraphrases(train, "", set())
+    asked = every[3]["prompt"][-1]["content"]
+    records, trained = hand_paraphrases(train, "", {wording_key(asked.upper() + " ?")})  # case and spacing aside
+    assert (len(records), trained) == (39, 1)
+    assert asked not in [r["prompt"][-1]["content"] for r in records]
 
 
 def test_the_baseline_verdict_needs_both_sets_and_kept_scores_their_key(tmp_path):

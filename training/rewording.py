@@ -42,7 +42,40 @@ def held_out(question: str) -> str:
 
 # --- for training: other forms than the held-out ones -----------------------------------------------
 
+# What is asked, in the words people use for it ("How is X treated?" for "What are the treatments for X?"):
+# tried first, as they teach the answer from a wording that shares the subject and little else.
 # (pattern on the question without its final punctuation, forms); {0}, {1}… are the pattern's groups
+ASPECT_TEMPLATES = [
+    (
+        r"^what (?:is|are) the treatments? for (.+)$",
+        ["How is {0} treated?", "What can be done for {0}?", "How do doctors treat {0}?"],
+    ),
+    (
+        r"^what (?:is|are) the (?:signs and )?symptoms of (.+)$",
+        ["What are the signs of {0}?", "How can I tell if I have {0}?", "What problems does {0} cause?"],
+    ),
+    (
+        r"^what (?:is|are) the genetic changes related to (.+)$",
+        ["Which genes are involved in {0}?", "What gene changes lead to {0}?", "Is {0} caused by a gene change?"],
+    ),
+    (
+        r"^what (?:is|are) the outlook for (.+)$",
+        ["What is the prognosis for {0}?", "What happens to people who have {0}?", "Do people with {0} get better?"],
+    ),
+    (r"^what (?:is|are) the complications of (.+)$", ["What problems can {0} lead to?", "What can {0} lead to?"]),
+    (
+        r"^how to diagnose (.+)$",
+        ["How is {0} diagnosed?", "How do doctors find out if someone has {0}?", "What tests show {0}?"],
+    ),
+    (
+        r"^how to prevent (.+)$",
+        ["Can {0} be prevented?", "How can I avoid getting {0}?", "How do I lower my risk of {0}?"],
+    ),
+    (r"^how many people are affected by (.+)$", ["How common is {0}?", "How many people have {0}?"]),
+    (r"^who (?:is|are) at risk (?:for|of) (.+)$", ["Who gets {0}?", "What makes someone more likely to get {0}?"]),
+    (r"^what causes (.+)$", ["Why does {0} happen?", "Where does {0} come from?"]),
+]
+# the question's shape, its words kept
 TRAINING_TEMPLATES = [
     (
         r"^what (?:is|are) the (.+?) (of|for|related to|in) (.+)$",
@@ -86,34 +119,38 @@ def _bare(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().rstrip("?.! ").strip()
 
 
-def _key(text: str) -> str:
+def wording_key(text: str) -> str:
     """What makes two wordings the same: case, spacing and punctuation do not."""
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
+def _forms(templates: list[tuple[str, list[str]]], bare: str) -> list[str]:
+    """The forms of the first template whose pattern fits the question, filled in with its parts."""
+    for pattern, forms in templates:
+        match = re.match(pattern, bare, flags=re.IGNORECASE)
+        if match:
+            return [form.format(*match.groups()) for form in forms]
+    return []
+
+
 def training_rewordings(question: str, count: int, seed: int) -> list[str]:
-    """Up to `count` rewordings of `question` for training, deterministic for (question, seed): the forms that
-    fit the question's shape first, then reframings that keep its words. None equals the question or its
-    held-out rewording."""
+    """Up to `count` rewordings of `question` for training, deterministic for (question, seed): the words people
+    use for what it asks first, then forms that fit its shape, then reframings that keep its words. None equals the
+    question or its held-out rewording."""
     if count <= 0 or not question.strip():
         return []
     bare = _bare(question)
     rng = random.Random(f"{seed}:augment:{bare}")
-    specific: list[str] = []
-    for pattern, forms in TRAINING_TEMPLATES:
-        match = re.match(pattern, bare, flags=re.IGNORECASE)
-        if match:
-            specific = [form.format(*match.groups()) for form in forms]
-            break
+    aspect, shape = _forms(ASPECT_TEMPLATES, bare), _forms(TRAINING_TEMPLATES, bare)
     general = [form.format(q=question.strip()) for form in TRAINING_FALLBACK]
-    rng.shuffle(specific)
-    rng.shuffle(general)
-    taken = {_key(question), _key(held_out(question))}
+    for forms in (aspect, shape, general):
+        rng.shuffle(forms)
+    taken = {wording_key(question), wording_key(held_out(question))}
     out = []
-    for text in specific + general:
-        if _key(text) in taken:
+    for text in aspect + shape + general:
+        if wording_key(text) in taken:
             continue
-        taken.add(_key(text))
+        taken.add(wording_key(text))
         out.append(text)
         if len(out) == count:
             break
