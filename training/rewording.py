@@ -29,11 +29,7 @@ def reword(question: str, seed: int) -> str:
     """A deterministic rewording by template (used when the model's own paraphrase is unusable)."""
     text = question.strip()
     rng = random.Random(f"{seed}:{text}")
-    for pattern, forms in TEMPLATES:
-        match = re.match(pattern, text, flags=re.IGNORECASE)
-        if match:
-            return rng.choice(forms).format(*match.groups(), q=text)
-    return rng.choice(FALLBACK).format(q=text)
+    return rng.choice(_forms(TEMPLATES, text) or [form.format(q=text) for form in FALLBACK])
 
 
 def held_out(question: str) -> str:
@@ -124,12 +120,12 @@ def wording_key(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
-def _forms(templates: list[tuple[str, list[str]]], bare: str) -> list[str]:
-    """The forms of the first template whose pattern fits the question, filled in with its parts."""
+def _forms(templates: list[tuple[str, list[str]]], text: str) -> list[str]:
+    """The forms of the first template whose pattern fits `text`, filled in with its parts ({q}: the whole text)."""
     for pattern, forms in templates:
-        match = re.match(pattern, bare, flags=re.IGNORECASE)
+        match = re.match(pattern, text, flags=re.IGNORECASE)
         if match:
-            return [form.format(*match.groups()) for form in forms]
+            return [form.format(*match.groups(), q=text) for form in forms]
     return []
 
 
