@@ -144,9 +144,10 @@ def training_rewordings(question: str, count: int, seed: int) -> list[str]:
     taken = {wording_key(question), wording_key(held_out(question))}
     out = []
     for text in aspect + shape + general:
-        if wording_key(text) in taken:
+        key = wording_key(text)
+        if key in taken:
             continue
-        taken.add(wording_key(text))
+        taken.add(key)
         out.append(text)
         if len(out) == count:
             break
