@@ -62,6 +62,14 @@ class TrainConfig(BaseModel):
     augment_answer_tokens: int = Field(
         0, ge=0, le=8192, description="answer tokens a reworded row is trained on (0: as many as max_length leaves)"
     )
+    answer_opening_weight: float = Field(
+        2.0,
+        ge=1.0,
+        le=20.0,
+        description="SFT: each row's first answer tokens, where the fact usually is, count this many times in the "
+        "loss (1: plain loss); no extra compute",
+    )
+    answer_opening_tokens: int = Field(16, ge=0, le=8192, description="SFT: answer tokens counted as the opening")
     min_rows: int = Field(1, ge=1, description="fewest domain training rows a run accepts")
     max_steps: int = Field(-1, ge=-1, description="cap on optimiser steps per phase (-1: no cap)")
     threads: int = Field(0, ge=0, le=256, description="torch threads (0: every core; the worker yields to chat)")

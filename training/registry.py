@@ -124,6 +124,12 @@ def model_card(record: dict, base_model: str, config: dict, snapshot: dict, repo
     redactions = ", ".join(f"{k}: {v}" for k, v in pii["redactions"].items()) or "none found"
     gate = "on" if pii["gate"] else f"**off** (override: {pii['override_reason']})"
     libraries = ", ".join(f"{k} {v}" for k, v in library_versions().items())
+    weighted = [p["answer_opening"] for p in report["phases"] if p.get("answer_opening")]
+    opening_note = "".join(
+        f"\n\n**Answer openings:** the first {w['tokens']} answer tokens of each {w['phase']} row counted "
+        f"{w['weight']:g} times in the loss (`answer_opening_weight`), so its loss is higher than a plain one."
+        for w in weighted
+    )
     speed = report.get("speed")
     speed_note = (
         f"\n\n**Precision:** {'bf16 autocast, fp32 weights' if speed['bf16'] else 'fp32'} "
@@ -162,7 +168,7 @@ Gate {gate}. Rows redacted: {pii["rows_redacted"]}. Redactions by type: {redacti
 ## Training
 | phase | rows | steps | final loss | seconds |
 |---|---|---|---|---|
-{phases}{cut_note}{shared_note}{speed_note}
+{phases}{cut_note}{shared_note}{opening_note}{speed_note}
 
 | setting | value |
 |---|---|

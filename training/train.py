@@ -25,6 +25,7 @@ from assistant import cpu_speed
 from training.answer_cut import sft_trainer_cutting_answers, with_answer_tokens
 from training.config import TrainConfig
 from training.datasets import Build
+from training.opening_weight import opening_weight_report, sft_trainer_weighing_openings
 from training.shared_prefix import shared_prefix_sft_trainer
 
 Progress = Callable[[str, int, int, float | None], None]  # phase, step, total steps, loss
@@ -205,7 +206,11 @@ def _sft_then_dpo(model, tokenizer, lora, build: Build, config: TrainConfig, scr
     report = _Report("sft", progress)
     # recomputed layers (gradient checkpointing) would add to the shared start's cache twice
     shared = config.shared_prefix and not config.gradient_checkpointing
-    sft = sft_trainer_cutting_answers(shared_prefix_sft_trainer() if shared else SFTTrainer)(
+    trainer_class = sft_trainer_cutting_answers(shared_prefix_sft_trainer() if shared else SFTTrainer)
+    trainer_class = sft_trainer_weighing_openings(
+        trainer_class, config.answer_opening_tokens, config.answer_opening_weight
+    )
+    sft = trainer_class(
         model=model,
         args=SFTConfig(
             **_common_args(config, scratch, config.sft_epochs, config.learning_rate),
@@ -226,6 +231,7 @@ def _sft_then_dpo(model, tokenizer, lora, build: Build, config: TrainConfig, scr
             **_phase(report, result, len(sft_rows)),
             "prompts_over_max_length": unlearnable,
             "shared_prefix_tokens": getattr(sft, "shared_tokens", 0),  # run once per batch, not once per row
+            "answer_opening": opening_weight_report("SFT", config.answer_opening_tokens, config.answer_opening_weight),
         }
     )
     if not build.dpo_train or config.dpo_epochs == 0:
