@@ -27,6 +27,7 @@ def test_a_retrain_with_weighted_openings_counts_them_in_its_loss(settings, seed
         report = train(str(tiny_model_dir), build, config, tmp_path / str(weight), lambda *_: None)
         first_loss[weight] = report["phases"][0]["final_loss"]
         opening[weight] = report["phases"][0]["answer_opening"]
+        assert report["phases"][0]["shared_prefix_tokens"] > 0  # the weighting works with the shared start on
     # a random model's loss is about the same on every token: a third of them weighted 3x lifts it well over 1x
     assert first_loss[3.0] > 1.3 * first_loss[1.0]
     assert opening == {1.0: None, 3.0: {"phase": "SFT", "tokens": 16, "weight": 3.0}}

@@ -16,21 +16,16 @@ def opening_weights(label_mask: torch.Tensor, tokens: int, weight: float) -> tor
     return torch.where(opening, weight, 1.0).to(torch.float32)
 
 
-class _WeighedOpening:
-    """Calls the model; a training forward's fused log-probabilities come back weighted at each row's opening."""
+def _weighing_hook(tokens: int, weight: float):
+    """A forward hook: a training forward's fused log-probabilities come back weighted at each row's opening."""
 
-    def __init__(self, model, tokens: int, weight: float):
-        self.model, self.tokens, self.weight = model, tokens, weight
-
-    def __call__(self, **inputs):
-        outputs = self.model(**inputs)
-        if inputs.get("fused_lm_head") and torch.is_grad_enabled():
-            weights = opening_weights(outputs.label_mask, self.tokens, self.weight).to(outputs.log_probs.dtype)
+    def hook(module, args, kwargs, outputs):
+        if kwargs.get("fused_lm_head") and torch.is_grad_enabled():
+            weights = opening_weights(outputs.label_mask, tokens, weight).to(outputs.log_probs.dtype)
             outputs.log_probs = outputs.log_probs * weights
         return outputs
 
-    def __getattr__(self, name):
-        return getattr(self.model, name)
+    return hook
 
 
 def opening_weight_report(phase: str, tokens: int, weight: float) -> dict | None:
@@ -45,8 +40,14 @@ def sft_trainer_weighing_openings(base: type, tokens: int, weight: float) -> typ
 
     class OpeningWeightSFTTrainer(base):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if model.training:
-                model = _WeighedOpening(model, tokens, weight)
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if not model.training:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # on the model itself, not a wrapper: DDP and DeepSpeed call it, and the trainers above unwrap it
+            hook = _weighing_hook(tokens, weight)
+            handle = self.accelerator.unwrap_model(model).register_forward_hook(hook, with_kwargs=True)
+            try:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            finally:
+                handle.remove()
 
     return OpeningWeightSFTTrainer
