@@ -13,7 +13,12 @@ def opening_weights(label_mask: torch.Tensor, tokens: int, weight: float) -> tor
     """Per position: `weight` on each row's first `tokens` learnt positions, 1 elsewhere."""
     rank = label_mask.long().cumsum(dim=1)
     opening = label_mask & (rank <= tokens)
-    return torch.where(opening, weight, 1.0).to(torch.float32)
+    return torch.where(opening, weight, 1.0)
+
+
+def weighs(tokens: int, weight: float) -> bool:
+    """Whether these settings change the loss at all (weight 1, or no tokens, is the plain loss)."""
+    return weight != 1.0 and tokens > 0
 
 
 def _weighing_hook(tokens: int, weight: float):
@@ -30,12 +35,12 @@ def _weighing_hook(tokens: int, weight: float):
 
 def opening_weight_report(phase: str, tokens: int, weight: float) -> dict | None:
     """What the model card says about the weighting (None: a plain loss)."""
-    return {"phase": phase, "tokens": tokens, "weight": weight} if weight != 1.0 and tokens else None
+    return {"phase": phase, "tokens": tokens, "weight": weight} if weighs(tokens, weight) else None
 
 
 def sft_trainer_weighing_openings(base: type, tokens: int, weight: float) -> type:
     """`base` (TRL's SFTTrainer or a subclass) with each row's first `tokens` answer tokens weighted `weight`."""
-    if weight == 1.0 or not tokens:
+    if not weighs(tokens, weight):
         return base
 
     class OpeningWeightSFTTrainer(base):
