@@ -115,21 +115,21 @@ def model_card(record: dict, base_model: str, config: dict, snapshot: dict, repo
     shared = sum(p.get("shared_prefix_tokens", 0) for p in report["phases"])
     shared_note = (
         f"\n\n**Shared start:** {shared} token positions (the system prompt every row of a batch begins with) ran "
-        "once per batch without a gradient (`shared_prefix`): the loss is the plain one, the adapter learnt only "
-        "through the rest of each row."
+        "once per batch without a gradient (`shared_prefix`): the loss is the same as without it, the adapter learnt "
+        "only through the rest of each row."
         if shared
         else ""
     )
-    settings = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(config.items()))
-    redactions = ", ".join(f"{k}: {v}" for k, v in pii["redactions"].items()) or "none found"
-    gate = "on" if pii["gate"] else f"**off** (override: {pii['override_reason']})"
-    libraries = ", ".join(f"{k} {v}" for k, v in library_versions().items())
     weighted = [p["answer_opening"] for p in report["phases"] if p.get("answer_opening")]
     opening_note = "".join(
         f"\n\n**Answer openings:** the first {w['tokens']} answer tokens of each {w['phase']} row counted "
         f"{w['weight']:g} times in the loss (`answer_opening_weight`), so its loss is higher than a plain one."
         for w in weighted
     )
+    settings = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(config.items()))
+    redactions = ", ".join(f"{k}: {v}" for k, v in pii["redactions"].items()) or "none found"
+    gate = "on" if pii["gate"] else f"**off** (override: {pii['override_reason']})"
+    libraries = ", ".join(f"{k} {v}" for k, v in library_versions().items())
     speed = report.get("speed")
     speed_note = (
         f"\n\n**Precision:** {'bf16 autocast, fp32 weights' if speed['bf16'] else 'fp32'} "
