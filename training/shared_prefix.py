@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from training.answer_cut import IGNORED
+
 # Shorter shared starts save less than the cache costs to build and copy
 MIN_SHARED_TOKENS = 8
 
@@ -23,7 +25,7 @@ def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     if input_ids.size(0) < 2:
         return 0
     same = (input_ids == input_ids[:1]).all(dim=0) & (attention_mask == 1).all(dim=0)
-    unlearnt = (labels == -100).all(dim=0)
+    unlearnt = (labels == IGNORED).all(dim=0)
     # a label at position i is predicted from position i - 1: shared position p is safe if label p + 1 is unlearnt
     safe = same[:-1] & unlearnt[1:]
     length = int(torch.cumprod(safe.int(), dim=0).sum())
