@@ -49,7 +49,7 @@ def test_build_splits_by_conversation_dedups_and_redacts_pii(settings, seeded):
     assert 0 < build.counts["sft_validation"] < 31
     # the system prompt is the one served; the replay set is mixed in
     assert all(r["prompt"][0] == {"role": "system", "content": "SYSTEM"} for r in build.sft_train)
-    assert build.counts["replay"] == round(0.25 * build.counts["sft_train"])
+    assert build.counts["replay"] == round(config.replay_ratio * build.counts["sft_train"]) > 0
     # deterministic
     again = datasets.build(seeded, config, system_prompt="SYSTEM", gate=gate)
     assert again.snapshot["hash"] == build.snapshot["hash"] and again.sft_train == build.sft_train
@@ -110,6 +110,17 @@ def test_rows_whose_prompt_fills_max_length_are_counted_and_all_of_them_refused(
     with pytest.raises(ValueError, match="raise max_length"):
         train(str(tiny_model_dir), build, TrainConfig(max_length=32), tmp_path / "adapter", lambda *_: None)
     assert not (tmp_path / "adapter").exists()
+
+
+def test_replay_is_at_least_one_row_unless_off(seeded):
+    def replayed(ratio: float) -> int:
+        build = datasets.build(seeded, TrainConfig(replay_ratio=ratio), system_prompt="SYSTEM", gate=None)
+        assert build.counts["sft_train"] < 50  # so that 1 % of them rounds to 0
+        return build.counts["replay"]
+
+    assert replayed(0.01) == 1  # a retrain on a few corrections still rehearses a general answer
+    assert replayed(0.0) == 0
+    assert replayed(10.0) == 100  # no more than the general set holds
 
 
 def test_only_thumbs_train_with_kto(settings, tiny_model_dir, tmp_path):

@@ -52,7 +52,13 @@ class TrainConfig(BaseModel):
     dpo_beta: float = Field(0.1, gt=0.0, le=10.0, description="how far DPO/KTO may move from the SFT model")
     dpo_learning_rate: float = Field(5e-5, gt=0.0, le=1.0, description="DPO/KTO learning rate")
     # data
-    replay_ratio: float = Field(0.25, ge=0.0, le=10.0, description="general replay rows per domain training row")
+    replay_ratio: float = Field(
+        0.25,
+        ge=0.0,
+        le=10.0,
+        description="general replay rows per domain training row, mixed in to hold general answers (0: none; else "
+        "at least 1)",
+    )
     validation_percent: int = Field(10, ge=0, le=50, description="share of conversations held out for validation")
     augment_new: int = Field(3, ge=0, le=20, description="rewordings trained per SFT question no version trained on")
     augment_old: int = Field(1, ge=0, le=20, description="rewordings trained per SFT question a version trained on")
