@@ -112,7 +112,7 @@ def test_rows_whose_prompt_fills_max_length_are_counted_and_all_of_them_refused(
     assert not (tmp_path / "adapter").exists()
 
 
-def test_replay_is_at_least_one_row_unless_off(seeded):
+def test_replay_is_at_least_one_row_unless_off(seeded, tmp_path):
     def replayed(ratio: float) -> int:
         build = datasets.build(seeded, TrainConfig(replay_ratio=ratio), system_prompt="SYSTEM", gate=None)
         assert build.counts["sft_train"] < 50  # so that 1 % of them rounds to 0
@@ -121,6 +121,9 @@ def test_replay_is_at_least_one_row_unless_off(seeded):
     assert replayed(0.01) == 1  # a retrain on a few corrections still rehearses a general answer
     assert replayed(0.0) == 0
     assert replayed(10.0) == 100  # no more than the general set holds
+    # nothing taught, nothing rehearsed: the floor is for small runs, not empty ones
+    empty = datasets.build(Database(tmp_path / "empty.db"), TrainConfig(), system_prompt="SYSTEM", gate=None)
+    assert (empty.domain_rows, empty.counts["replay"]) == (0, 0)
 
 
 def test_only_thumbs_train_with_kto(settings, tiny_model_dir, tmp_path):

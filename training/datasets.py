@@ -114,7 +114,7 @@ def build(database: Database, config: TrainConfig, *, system_prompt: str, gate: 
     _, domain_rows = examples.recipe(*(len(sides[kind]["train"]) for kind in examples.KINDS))
     anchor = len(sides["sft"]["train"]) or domain_rows  # replay scales with what the model is taught
     wanted = round(config.replay_ratio * anchor)
-    if config.replay_ratio > 0:  # a retrain on a handful of corrections still rehearses a general answer
+    if config.replay_ratio > 0 and anchor:  # a retrain on a handful of corrections still rehearses a general answer
         wanted = max(wanted, 1)
     wanted = min(len(general), wanted)
     replay = [
