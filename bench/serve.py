@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/serve.py [--runs 5] [--max-tokens 128] [--concurrency 8] [--engine openai]
 
-Registers a LoRA version (r16 on all linear layers, the training recipe's shape, with random small weights)
+Registers a LoRA version (the training recipe's shape and rank, with random small weights)
 as the current version, starts the real server (`python app.py`) and measures, in one run:
 - cold start: process start to the first streamed token of the first answer;
 - single stream (batch 1, greedy, 40-token prompt): time to first token and decode tokens/s of the current
@@ -39,6 +39,7 @@ from assistant.config import Settings  # noqa: E402
 from assistant.model_files import prepare_bundled  # noqa: E402
 from assistant.store import Database  # noqa: E402
 from tests.conftest import REPO, recipe_shaped_lora, register_adapter, start_server  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
 
 # About 40 prompt tokens once the chat template is applied, and an answer long enough to fill 128 tokens.
 PROMPT = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."
@@ -237,6 +238,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model_dir = prepare_bundled(Settings(home=REPO / ".hone"), log=lambda *_: None)
+    recipe = TrainConfig()  # the adapter shape registered below
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         adapters = {f"v{i}": recipe_shaped_lora(model_dir, work / f"v{i}", seed=i, std=0.03) for i in (1, 2, 3)}
@@ -278,7 +280,7 @@ def main() -> None:
         speed_target["met"] = speed_target["ratio"] >= 5
     report = {
         "benchmark": "serve",
-        "model": "SmolLM2-135M-Instruct (bundled) + LoRA r16 all-linear, as the current version",
+        "model": f"SmolLM2-135M-Instruct (bundled) + LoRA r{recipe.lora_r} {recipe.target_modules} (current version)",
         "engine": health["engine"],
         "cpu": cpu_speed.describe(),
         "serving_weights": serving_weights(model_dir),

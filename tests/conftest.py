@@ -321,17 +321,15 @@ def recipe_shaped_lora(model_dir: str | Path, out: Path, seed: int = 0, std: flo
     """A LoRA shaped like the training recipe's (TrainConfig's rank, alpha and modules) whose B is random and
     small (N(0, std)): it changes answers as a trained adapter does, without wrecking them. PEFT itself starts
     B at zero, a no-op."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     from training.config import TrainConfig
+    from training.train import lora_config
 
-    config = TrainConfig()
     torch.manual_seed(seed)
-    lora = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(model_dir),
-        LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=config.target_modules),
-    )
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    lora = get_peft_model(model, lora_config(model, TrainConfig()))
     with torch.no_grad():
         for name, param in lora.named_parameters():
             if "lora_B" in name:

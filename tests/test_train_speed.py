@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import get_peft_model
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from training.config import load_config
-from training.train import linear_module_names, lora_config, score_only_learnt_positions
+from training.train import linear_module_names, lora_config, mlp_module_names, score_only_learnt_positions
 
 
 def adapted_layers(model) -> dict[int, set[str]]:
@@ -27,7 +27,9 @@ def test_lora_layers_adapts_the_top_layers_with_every_linear_module(tiny_model_d
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     every = set(linear_module_names(base))
     assert every == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    model = get_peft_model(base, lora_config(base, load_config({"lora_layers": layers})))
+    model = get_peft_model(
+        base, lora_config(base, load_config({"lora_layers": layers, "target_modules": "all-linear"}))
+    )
     adapted = adapted_layers(model)
     assert set(adapted) == expected and all(names == every for names in adapted.values())
 
@@ -45,6 +47,35 @@ def test_below_the_adapted_layers_nothing_gets_a_gradient(tiny_model_dir):
     assert tracked == [False, True]
     grads = {n for n, p in model.named_parameters() if p.grad is not None}
     assert grads and all(".layers.1." in n for n in grads)
+
+
+@pytest.mark.parametrize(("layers", "expected"), [(0, {0, 1}), (1, {1})])
+def test_all_mlp_adapts_the_feed_forward_layers_only(tiny_model_dir, layers, expected):
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = get_peft_model(base, lora_config(base, load_config({"lora_layers": layers, "target_modules": "all-mlp"})))
+    adapted = adapted_layers(model)
+    assert set(adapted) == expected and all(
+        names == {"gate_proj", "up_proj", "down_proj"} for names in adapted.values()
+    )
+
+
+def test_all_mlp_names_a_shared_short_name_in_full():
+    """GPT-2 calls both its attention output and its second feed-forward layer c_proj: the short name would adapt
+    both, so the feed-forward ones are named in full."""
+    base = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, bos_token_id=0, eos_token_id=0))
+    feed_forward = [f"transformer.h.{i}.mlp.{leaf}" for i in (0, 1) for leaf in ("c_fc", "c_proj")]
+    assert mlp_module_names(base) == feed_forward
+    model = get_peft_model(base, lora_config(base, load_config({"target_modules": "all-mlp"})))
+    adapted = {name for name, module in model.named_modules() if hasattr(module, "lora_A")}
+    assert adapted == {f"base_model.model.{name}" for name in feed_forward}
+
+
+def test_all_mlp_says_so_when_a_model_has_no_feed_forward_block():
+    model = torch.nn.Sequential()
+    model.add_module("proj", torch.nn.Linear(4, 4))
+    model.get_output_embeddings = lambda: None
+    with pytest.raises(ValueError, match="all-mlp.*all-linear"):
+        mlp_module_names(model)
 
 
 def test_named_modules_keep_their_own_list_with_top_layers(tiny_model_dir):

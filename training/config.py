@@ -19,8 +19,8 @@ class TrainConfig(BaseModel):
 
     seed: int = Field(42, description="one seed for data order, LoRA init and sampling")
     # LoRA
-    lora_r: int = Field(16, ge=1, le=256, description="adapter rank")
-    lora_alpha: int = Field(32, ge=1, le=1024, description="adapter scale (alpha / r multiplies the update)")
+    lora_r: int = Field(32, ge=1, le=256, description="adapter rank")
+    lora_alpha: int = Field(64, ge=1, le=1024, description="adapter scale (alpha / r multiplies the update)")
     lora_dropout: float = Field(
         0.0, ge=0.0, lt=1.0, description="dropout on the adapter's input (0: none, and 1.17x faster a step on a CPU)"
     )
@@ -30,7 +30,10 @@ class TrainConfig(BaseModel):
         le=64.0,
         description="LoRA+ in SFT and KTO: the B matrices learn this many times faster than the A ones (1: plain LoRA)",
     )
-    target_modules: str = Field("all-linear", description="'all-linear' or comma-separated module names")
+    target_modules: str = Field(
+        "all-mlp",
+        description="'all-mlp' (the feed-forward layers of every block), 'all-linear' or comma-separated module names",
+    )
     lora_layers: int = Field(
         0,
         ge=0,

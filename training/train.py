@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers.pytorch_utils import Conv1D
 
 from assistant import cpu_speed
 from training.answer_cut import sft_trainer_cutting_answers, with_answer_tokens
@@ -138,7 +139,13 @@ def lora_config(model, config: TrainConfig) -> LoraConfig:
     """The adapter's shape. With `lora_layers` only the top layers get adapters: nothing below them needs a
     gradient, so the backward pass stops there (the costliest half of a CPU step)."""
     targets = config.target_modules
-    modules: str | list[str] = targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]
+    modules: str | list[str]
+    if targets == "all-mlp":
+        modules = mlp_module_names(model)
+    elif targets == "all-linear":
+        modules = targets
+    else:
+        modules = [t.strip() for t in targets.split(",")]
     layers = None
     total = model.config.num_hidden_layers
     if 0 < config.lora_layers < total:
@@ -155,16 +162,45 @@ def lora_config(model, config: TrainConfig) -> LoraConfig:
     )
 
 
+def _adaptable(module: torch.nn.Module) -> bool:
+    return isinstance(module, torch.nn.Linear | Conv1D)  # GPT-2's layers are Conv1D, linear all the same
+
+
 def linear_module_names(model) -> list[str]:
     """What PEFT's 'all-linear' adapts, by name: every linear layer but the output head."""
     head = model.get_output_embeddings()
     return sorted(
-        {
-            name.rsplit(".", 1)[-1]
-            for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and module is not head
-        }
+        {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if _adaptable(module) and module is not head}
     )
+
+
+# What decoder blocks call their feed-forward part: "mlp" in Llama, Qwen, Mistral, Gemma, Phi and GPT-2.
+FEED_FORWARD_BLOCKS = frozenset({"mlp", "feed_forward", "ffn"})
+
+
+def mlp_module_names(model) -> list[str]:
+    """What 'all-mlp' adapts: every linear layer inside a block's feed-forward part (Llama's gate_proj, up_proj and
+    down_proj). Short names where they name nothing else; full names where a short one would also catch an attention
+    layer (GPT-2's c_proj)."""
+    head = model.get_output_embeddings()
+    inside: dict[str, list[str]] = {}
+    outside: set[str] = set()
+    for name, module in model.named_modules():
+        if not _adaptable(module) or module is head:
+            continue
+        *path, leaf = name.split(".")
+        if FEED_FORWARD_BLOCKS & set(path):
+            inside.setdefault(leaf, []).append(name)
+        else:
+            outside.add(leaf)
+    if not inside:
+        raise ValueError(
+            "target_modules 'all-mlp': this model has no linear layer inside a block named "
+            f"{' or '.join(sorted(FEED_FORWARD_BLOCKS))}; set 'all-linear' or name the modules"
+        )
+    if outside & inside.keys():
+        return sorted(name for names in inside.values() for name in names)
+    return sorted(inside)
 
 
 def score_only_learnt_positions() -> None:
