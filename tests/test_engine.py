@@ -103,3 +103,38 @@ def test_adapter_versions_answer_side_by_side(tiny_model_dir, tmp_path):
     expected = engine.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert with_adapter.full_text == expected
     assert engine.versions() == ["base", "v1"]
+
+
+def test_versions_of_different_adapter_shapes_answer_side_by_side(tiny_model_dir, tmp_path):
+    """A deployment upgraded across a change of the recipe's adapter (all linear layers at rank 16 before 2026-12-07,
+    the feed-forward layers at rank 32 since) serves old and new versions together, each as PEFT alone does."""
+    from peft import PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from training.config import load_config
+    from training.train import lora_config
+
+    shapes = {"v-old": {"target_modules": "all-linear", "lora_r": 16, "lora_alpha": 32}, "v-new": {}}
+    for version, settings in shapes.items():
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        torch.manual_seed(len(version))
+        lora = get_peft_model(base, lora_config(base, load_config(settings)))
+        with torch.no_grad():
+            for name, param in lora.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0.0, 0.5)
+        lora.save_pretrained(tmp_path / version)
+
+    engine = Engine(str(tiny_model_dir))
+    prompt = "Which version are you?"
+    ids = engine.encode_chat([{"role": "user", "content": prompt}], 1024)
+    for version in shapes:
+        engine.load_adapter(version, tmp_path / version)
+    answers = {version: ask(engine, prompt, version=version) for version in [*shapes, "base"]}
+    for answer in answers.values():
+        answer.wait()
+    for version in shapes:
+        reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / version)
+        out = reference.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False)
+        assert answers[version].full_text == engine.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    assert len({answer.full_text for answer in answers.values()}) == 3

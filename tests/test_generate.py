@@ -49,12 +49,16 @@ def test_batched_answers_equal_generate_even_when_they_end_at_different_lengths(
     generator = BatchGenerator(str(lively_model_dir))
     adapter = str(recipe_shaped_lora(lively_model_dir, tmp_path / "adapter", std=0.05))
     prompts = [[{"role": "user", "content": q}] for q in QUESTIONS]
-    # a random model seldom says EOS: make its most said token the stop token, so answers end unevenly
-    said = Counter(t for answer in one_by_one(generator, prompts, 12) for t in answer)
+    versions = (("base", None), ("candidate", adapter))
+    # a random model seldom says EOS: make the token most answers of both versions say the stop token, so answers
+    # end unevenly
+    said: Counter = Counter()
+    for version, path in versions:
+        with generator._maybe_without_adapter(generator._use(version, path)):
+            said.update(t for answer in one_by_one(generator, prompts, 12) for t in set(answer))
     generator.stop_ids = torch.tensor([said.most_common(1)[0][0]])
 
-    for version, path in (("base", None), ("candidate", adapter)):
-        generator._use(version, path)
+    for version, path in versions:
         with generator._maybe_without_adapter(generator._use(version, path)):
             tokens = one_by_one(generator, prompts, 12)
         assert len({len(t) for t in tokens}) > 1, "the answers should end at different lengths"
