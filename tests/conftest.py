@@ -317,19 +317,21 @@ def seeded(settings):
     return database
 
 
-def recipe_shaped_lora(model_dir: str | Path, out: Path, seed: int = 0, std: float = 0.01) -> Path:
-    """A LoRA shaped like the training recipe's (TrainConfig's rank, alpha and modules) whose B is random and
-    small (N(0, std)): it changes answers as a trained adapter does, without wrecking them. PEFT itself starts
-    B at zero, a no-op."""
+def recipe_shaped_lora(
+    model_dir: str | Path, out: Path, seed: int = 0, std: float = 0.01, settings: dict | None = None
+) -> Path:
+    """A LoRA shaped like the training recipe's (TrainConfig's rank, alpha and modules, with `settings` over them)
+    whose B is random and small (N(0, std)): it changes answers as a trained adapter does, without wrecking them.
+    PEFT itself starts B at zero, a no-op."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from training.config import TrainConfig
+    from training.config import load_config
     from training.train import lora_config
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    lora = get_peft_model(model, lora_config(model, TrainConfig()))
+    lora = get_peft_model(model, lora_config(model, load_config(settings)))
     with torch.no_grad():
         for name, param in lora.named_parameters():
             if "lora_B" in name:

@@ -9,6 +9,7 @@ import torch
 
 from assistant.engine import Engine, SamplingParams
 from assistant.errors import NotFound
+from tests.conftest import recipe_shaped_lora
 
 GREEDY = SamplingParams(max_new_tokens=24, temperature=0.0)
 
@@ -108,22 +109,12 @@ def test_adapter_versions_answer_side_by_side(tiny_model_dir, tmp_path):
 def test_versions_of_different_adapter_shapes_answer_side_by_side(tiny_model_dir, tmp_path):
     """A deployment upgraded across a change of the recipe's adapter (all linear layers at rank 16 before 2026-12-07,
     the feed-forward layers at rank 32 since) serves old and new versions together, each as PEFT alone does."""
-    from peft import PeftModel, get_peft_model
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from training.config import load_config
-    from training.train import lora_config
-
     shapes = {"v-old": {"target_modules": "all-linear", "lora_r": 16, "lora_alpha": 32}, "v-new": {}}
-    for version, settings in shapes.items():
-        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-        torch.manual_seed(len(version))
-        lora = get_peft_model(base, lora_config(base, load_config(settings)))
-        with torch.no_grad():
-            for name, param in lora.named_parameters():
-                if "lora_B" in name:
-                    param.normal_(0.0, 0.5)
-        lora.save_pretrained(tmp_path / version)
+    for seed, (version, settings) in enumerate(shapes.items()):
+        recipe_shaped_lora(tiny_model_dir, tmp_path / version, seed=seed, std=0.5, settings=settings)
 
     engine = Engine(str(tiny_model_dir))
     prompt = "Which version are you?"

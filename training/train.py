@@ -162,16 +162,19 @@ def lora_config(model, config: TrainConfig) -> LoraConfig:
     )
 
 
-def _adaptable(module: torch.nn.Module) -> bool:
-    return isinstance(module, torch.nn.Linear | Conv1D)  # GPT-2's layers are Conv1D, linear all the same
+def _adaptable_names(model) -> list[str]:
+    """Full names of every linear layer but the output head (GPT-2's are Conv1D, linear all the same)."""
+    head = model.get_output_embeddings()
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear | Conv1D) and module is not head
+    ]
 
 
 def linear_module_names(model) -> list[str]:
     """What PEFT's 'all-linear' adapts, by name: every linear layer but the output head."""
-    head = model.get_output_embeddings()
-    return sorted(
-        {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if _adaptable(module) and module is not head}
-    )
+    return sorted({name.rsplit(".", 1)[-1] for name in _adaptable_names(model)})
 
 
 # What decoder blocks call their feed-forward part: "mlp" in Llama, Qwen, Mistral, Gemma, Phi and GPT-2.
@@ -182,12 +185,9 @@ def mlp_module_names(model) -> list[str]:
     """What 'all-mlp' adapts: every linear layer inside a block's feed-forward part (Llama's gate_proj, up_proj and
     down_proj). Short names where they name nothing else; full names where a short one would also catch an attention
     layer (GPT-2's c_proj)."""
-    head = model.get_output_embeddings()
     inside: dict[str, list[str]] = {}
     outside: set[str] = set()
-    for name, module in model.named_modules():
-        if not _adaptable(module) or module is head:
-            continue
+    for name in _adaptable_names(model):
         *path, leaf = name.split(".")
         if FEED_FORWARD_BLOCKS & set(path):
             inside.setdefault(leaf, []).append(name)
