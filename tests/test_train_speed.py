@@ -9,7 +9,13 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from training.config import load_config
-from training.train import linear_module_names, lora_config, mlp_module_names, score_only_learnt_positions
+from training.train import (
+    linear_module_names,
+    lora_config,
+    mlp_module_names,
+    score_only_learnt_positions,
+    unknown_targets,
+)
 
 
 def adapted_layers(model) -> dict[int, set[str]]:
@@ -76,6 +82,13 @@ def test_all_mlp_says_so_when_a_model_has_no_feed_forward_block():
     model.get_output_embeddings = lambda: None
     with pytest.raises(ValueError, match="all-mlp.*all-linear"):
         mlp_module_names(model)
+
+
+def test_target_names_that_match_no_layer_are_found(tiny_model_dir):
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert unknown_targets(base, load_config({"target_modules": "q_proj,v_prj,mlp.up_proj,up"})) == ["up", "v_prj"]
+    for fine in ("all-linear", "all-mlp", "model.layers.0.self_attn.q_proj,down_proj"):
+        assert unknown_targets(base, load_config({"target_modules": fine})) == [], fine
 
 
 def test_named_modules_keep_their_own_list_with_top_layers(tiny_model_dir):

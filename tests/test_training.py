@@ -206,6 +206,8 @@ def test_refusals_spend_no_compute_and_register_nothing(settings, cli_env, seede
         (["--set", "pii_gate=false"], "pii_override_reason"),
         (["--set", "min_rows=1000"], "Too little training data"),
         (["--set", "nonsense"], "KEY=VALUE"),
+        # PEFT alone would adapt q_proj and drop the misspelt name without a word
+        (["--set", "target_modules=q_proj,v_prj"], "v_prj name no layer of the base model; its linear layers are "),
     ]:
         result = run_cli("run", "--json", *args, env=cli_env)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)

@@ -32,7 +32,8 @@ class TrainConfig(BaseModel):
     )
     target_modules: str = Field(
         "all-mlp",
-        description="'all-mlp' (the feed-forward layers of every block), 'all-linear' or comma-separated module names",
+        description="'all-mlp' (the feed-forward layers of every block), 'all-linear' or comma-separated module names "
+        "(one that names no layer is refused)",
     )
     lora_layers: int = Field(
         0,

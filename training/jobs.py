@@ -119,6 +119,31 @@ def check_base_model(settings: Settings) -> str:
     return resolved
 
 
+def check_adapter(base: str, config: TrainConfig) -> None:
+    """The adapter's layers exist in the base model, checked on a weightless copy (built on the meta device from
+    the model's config, in well under a second) so that a wrong `target_modules` is refused before any compute."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from training.train import linear_module_names, unknown_targets
+
+    try:
+        model_config = AutoConfig.from_pretrained(base)
+    except (OSError, ValueError):  # a folder holding only a GGUF file: the worker reads it, and checks there
+        return
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config)
+    try:
+        unknown = unknown_targets(model, config)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from exc
+    if unknown:
+        raise InvalidRequest(
+            f"target_modules: {', '.join(unknown)} name no layer of the base model; "
+            f"its linear layers are {', '.join(linear_module_names(model))} (or use 'all-linear' or 'all-mlp')"
+        )
+
+
 def start(
     database: Database,
     settings: Settings,
@@ -134,7 +159,7 @@ def start(
     config = load_config(overrides, yaml_file)
     runner = runners.resolve(settings, runner)
     reap(database, settings)
-    check_base_model(settings)
+    check_adapter(check_base_model(settings), config)
     try:
         settings.versions_dir.mkdir(parents=True, exist_ok=True)
         probe = settings.versions_dir / ".write-probe"

@@ -162,6 +162,18 @@ def lora_config(model, config: TrainConfig) -> LoraConfig:
     )
 
 
+def unknown_targets(model, config: TrainConfig) -> list[str]:
+    """The named `target_modules` that match no layer of `model`: PEFT adapts the names that match and drops the
+    rest without a word, so a misspelt name would quietly train a smaller adapter than was asked for. Raises
+    ValueError where `all-mlp` finds no feed-forward block."""
+    targets = lora_config(model, config).target_modules
+    if isinstance(targets, str):  # 'all-linear' always matches
+        return []
+    names = [name for name, _ in model.named_modules()]
+    # PEFT's rule for a list of names: a module's full name, or its last parts
+    return sorted(t for t in targets if not any(n == t or n.endswith("." + t) for n in names))
+
+
 def _adaptable_names(model) -> list[str]:
     """Full names of every linear layer but the output head (GPT-2's are Conv1D, linear all the same)."""
     head = model.get_output_embeddings()
