@@ -207,7 +207,7 @@ def test_refusals_spend_no_compute_and_register_nothing(settings, cli_env, seede
         (["--set", "min_rows=1000"], "Too little training data"),
         (["--set", "nonsense"], "KEY=VALUE"),
         # PEFT alone would adapt q_proj and drop the misspelt name without a word
-        (["--set", "target_modules=q_proj,v_prj"], "v_prj name no layer of the base model; its linear layers are "),
+        (["--set", "target_modules=q_proj,v_prj"], "names no layer of the base model: v_prj. Its linear layers are "),
     ]:
         result = run_cli("run", "--json", *args, env=cli_env)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
@@ -294,6 +294,8 @@ def test_api_trains_promotes_and_serves_the_new_version(tiny_server):
     assert httpx.post(url + "/v1/import/qa", content=lines, headers=admin).json()["imported"] == 12
     bad = httpx.post(url + "/v1/training/runs", json={"config": {"lora_r": 0}}, headers=admin)
     assert bad.status_code == 400 and "lora_r" in bad.json()["error"]["message"]
+    misspelt = httpx.post(url + "/v1/training/runs", json={"config": {"target_modules": "up_prj"}}, headers=admin)
+    assert misspelt.status_code == 400 and "no layer of the base model: up_prj" in misspelt.json()["error"]["message"]
 
     quick = {"max_steps": 2, "batch_size": 4, "evaluate": False}
     run = httpx.post(url + "/v1/training/runs", json={"config": quick}, headers=admin)

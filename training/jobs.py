@@ -128,19 +128,18 @@ def check_adapter(base: str, config: TrainConfig) -> None:
     from training.train import linear_module_names, unknown_targets
 
     try:
-        model_config = AutoConfig.from_pretrained(base)
-    except (OSError, ValueError):  # a folder holding only a GGUF file: the worker reads it, and checks there
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
+    except (OSError, ValueError):  # no config.json (a folder holding a GGUF file): the worker loads it and checks
         return
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(model_config)
     try:
         unknown = unknown_targets(model, config)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from exc
     if unknown:
         raise InvalidRequest(
-            f"target_modules: {', '.join(unknown)} name no layer of the base model; "
-            f"its linear layers are {', '.join(linear_module_names(model))} (or use 'all-linear' or 'all-mlp')"
+            f"target_modules names no layer of the base model: {', '.join(unknown)}. "
+            f"Its linear layers are {', '.join(linear_module_names(model))}; or use 'all-linear' or 'all-mlp'."
         )
 
 
