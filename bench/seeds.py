@@ -4,7 +4,7 @@ One seed sets the data order, the LoRA initialisation and which rewordings are t
 rewordings of the quality sets two seeds of the same recipe differed by up to 0.055 (docs/experiments.md). A
 recipe is better only where its mean over seeds is, by more than that spread.
 
-    .venv/bin/python bench/seeds.py --seeds 42 7 1234 --set augment_max_share=3   # bench/quality.py once a seed
+    .venv/bin/python bench/seeds.py --seeds 42 7 1234 --set replay_passes=1      # bench/quality.py once a seed
     .venv/bin/python bench/seeds.py --summarize runs/*.json                      # or runs already made
 
 Prints one JSON object: the seeds, each set's gain over the base model (the model alone and served) as its mean,

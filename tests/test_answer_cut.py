@@ -52,7 +52,7 @@ def test_a_retrain_cuts_the_reworded_rows_answers_and_trains_the_others_whole(
         config = TrainConfig(batch_size=4, dpo_epochs=0, augment_answer_tokens=answer_limit, group_by_length=False)
         report = train(str(tiny_model_dir), build, config, tmp_path / str(answer_limit), lambda *_: None)
         phase = report["phases"][0]
-        assert phase["rows"] == len(build.sft_train) + len(build.sft_augmented) + len(build.replay)
+        assert phase["rows"] == len(build.sft_train) + len(build.sft_augmented) + 2 * len(build.replay)  # 2 passes
         tokens[answer_limit] = phase["tokens"]
     assert tokens[0] - tokens[keep] == cut_away  # exactly the reworded answers' tails, nothing else
 
@@ -62,5 +62,5 @@ def test_the_model_card_says_how_much_of_each_reworded_answer_was_trained(seeded
 
     cut = datasets.build(seeded, TrainConfig(augment_answer_tokens=16), system_prompt="SYS", gate=None)
     assert "trained on the first 16 tokens of its answer" in augmentation_note(cut.snapshot)
-    whole = datasets.build(seeded, TrainConfig(), system_prompt="SYS", gate=None)
+    whole = datasets.build(seeded, TrainConfig(augment_answer_tokens=0), system_prompt="SYS", gate=None)
     assert "tokens of its answer" not in augmentation_note(whole.snapshot)

@@ -76,7 +76,7 @@ def questions_of(rows: list[dict]) -> list[str]:
 
 
 def test_new_questions_get_more_rewordings_than_trained_ones_within_the_cap(settings, seeded):
-    config = TrainConfig(validation_percent=0)
+    config = TrainConfig(validation_percent=0, augment_max_share=1)  # a cap the first import fills exactly
     first = datasets.build(seeded, config, system_prompt="SYS", gate=None)
     n = len(first.sft_train)
     # nothing trained yet: every question is new, and the cap (1 per row) gives each its first rewording

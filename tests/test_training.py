@@ -126,6 +126,21 @@ def test_replay_is_at_least_one_row_unless_off(seeded, tmp_path):
     assert (empty.domain_rows, empty.counts["replay"]) == (0, 0)
 
 
+def test_each_replay_row_is_trained_replay_passes_times_and_the_card_says_so(seeded, tiny_model_dir, tmp_path):
+    from training.train import train
+
+    def trained_tokens(replay_ratio: float, passes: int) -> int:
+        build = datasets.build(seeded, TrainConfig(replay_ratio=replay_ratio), system_prompt="SYS", gate=None)
+        config = TrainConfig(batch_size=4, dpo_epochs=0, replay_passes=passes, shared_prefix=False)
+        report = train(str(tiny_model_dir), build, config, tmp_path / f"{replay_ratio}-{passes}", lambda *_: None)
+        return report["phases"][0]["tokens"]
+
+    none, once, thrice = trained_tokens(0.0, 1), trained_tokens(0.25, 1), trained_tokens(0.25, 3)
+    assert thrice - none == 3 * (once - none) > 0  # the replay rows, three times over; the rest as it was
+    assert registry.replay_passes_note({"replay_passes": 2}) == " (each trained 2 times in SFT)"
+    assert registry.replay_passes_note({"replay_passes": 1}) == registry.replay_passes_note({}) == ""
+
+
 def test_only_thumbs_train_with_kto(settings, tiny_model_dir, tmp_path):
     from training.train import train
 

@@ -63,14 +63,21 @@ class TrainConfig(BaseModel):
         description="general replay rows per domain training row, mixed in to hold general answers (0: none; else "
         "at least 1)",
     )
+    replay_passes: int = Field(
+        2,
+        ge=1,
+        le=20,
+        description="SFT: times each general replay row is trained per epoch; the general set is small, so a second "
+        "pass holds general answers against the many reworded rows",
+    )
     validation_percent: int = Field(10, ge=0, le=50, description="share of conversations held out for validation")
     augment_new: int = Field(3, ge=0, le=20, description="rewordings trained per SFT question no version trained on")
     augment_old: int = Field(1, ge=0, le=20, description="rewordings trained per SFT question a version trained on")
     augment_max_share: float = Field(
-        1.0, ge=0.0, le=20.0, description="cap on rewordings, per SFT training row (new questions are served first)"
+        3.0, ge=0.0, le=20.0, description="cap on rewordings, per SFT training row (new questions are served first)"
     )
     augment_answer_tokens: int = Field(
-        0, ge=0, le=8192, description="answer tokens a reworded row is trained on (0: as many as max_length leaves)"
+        16, ge=0, le=8192, description="answer tokens a reworded row is trained on (0: as many as max_length leaves)"
     )
     answer_opening_weight: float = Field(
         2.0,

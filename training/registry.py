@@ -100,6 +100,11 @@ def register(
     return record
 
 
+def replay_passes_note(config: dict) -> str:
+    passes = config.get("replay_passes", 1)  # versions from before the setting trained each row once
+    return f" (each trained {passes} times in SFT)" if passes > 1 else ""
+
+
 def model_card(record: dict, base_model: str, config: dict, snapshot: dict, report: dict) -> str:
     counts, pii = snapshot["counts"], snapshot["pii"]
     phases = "\n".join(
@@ -158,7 +163,7 @@ Snapshot `{snapshot["hash"]}` (row ids and hashes in `snapshot.json`).
 | DPO pairs (chosen vs original) | {counts["dpo_train"]} | {counts["dpo_validation"]} |
 | KTO rows (thumbs) | {counts["kto_train"]} | {counts["kto_validation"]} |
 | training questions in other words (augmentation) | {counts.get("augmented", 0)} | |
-| general replay (`{snapshot["replay_source"]}`, CC0) | {counts["replay"]} | |
+| general replay (`{snapshot["replay_source"]}`, CC0) | {counts["replay"]}{replay_passes_note(config)} | |
 
 Duplicates dropped: {counts["duplicates_dropped"]}. Validation is split by conversation.{augmentation_note(snapshot)}
 

@@ -238,12 +238,13 @@ def score_only_learnt_positions() -> None:
 def _sft_then_dpo(model, tokenizer, lora, build: Build, config: TrainConfig, scratch: str, progress, phases):
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-    sft_rows = build.sft_train + build.sft_augmented + build.replay
+    replay = build.replay * config.replay_passes  # the general set is small: more passes over it, not more rows
+    sft_rows = build.sft_train + build.sft_augmented + replay
     if config.augment_answer_tokens:  # reworded rows learn the start of their answer only
         sft_rows = (
             with_answer_tokens(build.sft_train, 0)
             + with_answer_tokens(build.sft_augmented, config.augment_answer_tokens)
-            + with_answer_tokens(build.replay, 0)
+            + with_answer_tokens(replay, 0)
         )
     unlearnable = prompts_over_limit(tokenizer, build.sft_train, config.max_length)
     if build.sft_train and unlearnable == len(build.sft_train):
