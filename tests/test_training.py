@@ -137,8 +137,10 @@ def test_each_replay_row_is_trained_replay_passes_times_and_the_card_says_so(see
 
     none, once, thrice = trained_tokens(0.0, 1), trained_tokens(0.25, 1), trained_tokens(0.25, 3)
     assert thrice - none == 3 * (once - none) > 0  # the replay rows, three times over; the rest as it was
-    assert registry.replay_passes_note({"replay_passes": 2}) == " (each trained 2 times in SFT)"
-    assert registry.replay_passes_note({"replay_passes": 1}) == registry.replay_passes_note({}) == ""
+    sft, kto = {"phases": [{"phase": "sft"}]}, {"phases": [{"phase": "kto"}]}
+    assert registry.replay_passes_note({"replay_passes": 2}, sft) == " (each trained 2 times in SFT)"
+    assert registry.replay_passes_note({"replay_passes": 2}, kto) == ""  # thumbs alone: KTO takes each once
+    assert registry.replay_passes_note({"replay_passes": 1}, sft) == registry.replay_passes_note({}, sft) == ""
 
 
 def test_only_thumbs_train_with_kto(settings, tiny_model_dir, tmp_path):

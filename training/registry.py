@@ -100,9 +100,10 @@ def register(
     return record
 
 
-def replay_passes_note(config: dict) -> str:
+def replay_passes_note(config: dict, report: dict) -> str:
     passes = config.get("replay_passes", 1)  # versions from before the setting trained each row once
-    return f" (each trained {passes} times in SFT)" if passes > 1 else ""
+    trained_sft = any(p["phase"] == "sft" for p in report["phases"])  # KTO, on thumbs alone, takes each once
+    return f" (each trained {passes} times in SFT)" if passes > 1 and trained_sft else ""
 
 
 def model_card(record: dict, base_model: str, config: dict, snapshot: dict, report: dict) -> str:
@@ -163,7 +164,7 @@ Snapshot `{snapshot["hash"]}` (row ids and hashes in `snapshot.json`).
 | DPO pairs (chosen vs original) | {counts["dpo_train"]} | {counts["dpo_validation"]} |
 | KTO rows (thumbs) | {counts["kto_train"]} | {counts["kto_validation"]} |
 | training questions in other words (augmentation) | {counts.get("augmented", 0)} | |
-| general replay (`{snapshot["replay_source"]}`, CC0) | {counts["replay"]}{replay_passes_note(config)} | |
+| general replay (`{snapshot["replay_source"]}`, CC0) | {counts["replay"]}{replay_passes_note(config, report)} | |
 
 Duplicates dropped: {counts["duplicates_dropped"]}. Validation is split by conversation.{augmentation_note(snapshot)}
 
