@@ -98,6 +98,7 @@ def test_corrections_become_a_candidate_and_a_killed_run_changes_nothing(server)
     assert "| SFT (ideal answers, approved corrections, imports) | 3 | 0 |" in card
     assert "| DPO pairs (chosen vs original) | 3 | 0 |" in card
     assert "Gate on" in card and record["snapshot_hash"] in card
+    assert "CC0) | 1 (each trained 2 times in SFT) |" in card  # the general replay row, both passes
     assert chat(server, staff, "Who approves travel claims?", model="v1")["model"] == "v1"  # the adapter serves
 
     # a long run, killed mid-training: the server keeps answering, the job fails, nothing is registered
